@@ -6,6 +6,7 @@
 #define NPY_NO_DEPRECATED_API NPY_2_0_API_VERSION
 #include <numpy/arrayobject.h>
 
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -76,9 +77,30 @@ static int64_t row_stride(PyArrayObject *a)
     return (int64_t)(PyArray_STRIDE(a, 0) / PyArray_ITEMSIZE(a));
 }
 
-/* A temperature: a number, or a length-n array; every value finite and > 0.
- * Fills t; *hold keeps a converted array alive. */
-static int parse_temps(PyObject *obj, const char *name, npy_intp n, double *scalar,
+/* The smallest temperature the kernels take for logits of dtype `type`: the
+ * one whose inverse is the dtype's largest finite value (float32 2.9e-39,
+ * float64 5.6e-309). Below it x / t overflows at every logit, and T^2 KL
+ * would be 0 * inf. */
+static double min_temperature(int type)
+{
+    return type == NPY_FLOAT32 ? 1.0 / FLT_MAX : 1.0 / DBL_MAX;
+}
+
+/* ValueError for a temperature below min_temperature(type). */
+static int check_min_temperature(const char *name, double x, int type, Py_ssize_t row)
+{
+    if (x >= min_temperature(type))
+        return 0;
+    char what[96];
+    snprintf(what, sizeof what, "must be >= %.3g for %s logits (its inverse must be finite)",
+             min_temperature(type), type == NPY_FLOAT32 ? "float32" : "float64");
+    err_value(name, what, x, row);
+    return -1;
+}
+
+/* A temperature: a number, or a length-n array; every value finite and
+ * >= min_temperature(type). Fills t; *hold keeps a converted array alive. */
+static int parse_temps(PyObject *obj, const char *name, npy_intp n, int type, double *scalar,
                        kd_temps *t, PyArrayObject **hold)
 {
     *hold = NULL;
@@ -121,8 +143,13 @@ static int parse_temps(PyObject *obj, const char *name, npy_intp n, double *scal
     }
     for (npy_intp i = 0; i < len; i++) {
         double x = v[i * stride];
+        const Py_ssize_t row = stride == 0 ? -1 : (Py_ssize_t)i;
         if (!(isfinite(x) && x > 0)) {
-            err_value(name, "must be finite and > 0", x, stride == 0 ? -1 : (Py_ssize_t)i);
+            err_value(name, "must be finite and > 0", x, row);
+            Py_DECREF(a);
+            return -1;
+        }
+        if (check_min_temperature(name, x, type, row) < 0) {
             Py_DECREF(a);
             return -1;
         }
@@ -419,8 +446,13 @@ static PyObject *py_kd_forward(PyObject *self, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_ValueError, "`teacher` is required when kd_weight != 0");
         goto fail;
     }
-    if (parse_temps(ts_o, "temperature", N, &ts_scalar, &ts, &ts_hold) < 0 ||
-        parse_temps(tt_o, "teacher_temperature", N, &tt_scalar, &tt, &tt_hold) < 0)
+    if (parse_temps(ts_o, "temperature", N, PyArray_TYPE(z), &ts_scalar, &ts, &ts_hold) < 0 ||
+        parse_temps(tt_o, "teacher_temperature", N, PyArray_TYPE(z), &tt_scalar, &tt,
+                    &tt_hold) < 0)
+        goto fail;
+    /* ATKD's temperatures are at least b eps */
+    if (adaptive && check_min_temperature("base_temperature * eps", base_temperature * std_eps,
+                                          PyArray_TYPE(z), -1) < 0)
         goto fail;
     if (parse_rows_array(labels_o, "labels", NPY_INT64, N, &labels) < 0 ||
         parse_rows_array(mask_o, "mask", NPY_BOOL, N, &mask) < 0)
@@ -535,7 +567,7 @@ static PyObject *py_softmax(PyObject *self, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_ValueError, "`logits` must have at least one class (C = 0)");
         goto fail;
     }
-    if (parse_temps(t_o, "temperature", N, &t_scalar, &t, &t_hold) < 0)
+    if (parse_temps(t_o, "temperature", N, PyArray_TYPE(x), &t_scalar, &t, &t_hold) < 0)
         goto fail;
     if (out_o != Py_None && PyArray_Check(out_o) &&
         PyArray_TYPE((PyArrayObject *)out_o) != PyArray_TYPE(x)) {
@@ -704,7 +736,7 @@ static PyObject *py_lse(PyObject *self, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_ValueError, "`logits` must have at least one class (C = 0)");
         goto fail;
     }
-    if (parse_temps(t_o, "temperature", N, &t_scalar, &t, &t_hold) < 0)
+    if (parse_temps(t_o, "temperature", N, PyArray_TYPE(x), &t_scalar, &t, &t_hold) < 0)
         goto fail;
     if (!(o = (PyArrayObject *)PyArray_EMPTY(1, (npy_intp *)&N, NPY_FLOAT64, 0)))
         goto fail;
@@ -776,7 +808,7 @@ static PyObject *py_row_stats(PyObject *self, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_ValueError, "`logits` must have at least one class (C = 0)");
         goto fail;
     }
-    if (parse_temps(t_o, "temperature", N, &t_scalar, &t, &t_hold) < 0 ||
+    if (parse_temps(t_o, "temperature", N, PyArray_TYPE(x), &t_scalar, &t, &t_hold) < 0 ||
         parse_rows(labels_o, mask_o, ignore_index, N, &labels, &mask, &rows) < 0)
         goto fail;
     for (int q = 0; q < 9; q++) {
@@ -867,6 +899,9 @@ static PyObject *py_profile(PyObject *self, PyObject *args, PyObject *kw)
     for (npy_intp k = 0; k < K; k++)
         if (!(isfinite(tk[k]) && tk[k] > 0)) {
             err_value("temperatures", "must be finite and > 0", tk[k], (Py_ssize_t)k);
+            goto fail;
+        } else if (check_min_temperature("temperatures", tk[k], PyArray_TYPE(z),
+                                         (Py_ssize_t)k) < 0) {
             goto fail;
         }
     if (parse_rows(labels_o, mask_o, ignore_index, N, &labels, &mask, &rows) < 0)

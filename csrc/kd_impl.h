@@ -12,6 +12,16 @@
 #define KD_CAT(a, b) KD_CAT_(a, b)
 #define NAME(fn) KD_CAT(KD_CAT(fn, SFX), KD_ISA)
 
+/* 1/t in the element type, at most its largest finite value: a temperature
+ * below ~1/FT_MAX (float: 2.9e-39) would give an infinite inverse and then
+ * (x - max) * inf = NaN at the maximum; the clamp keeps the t -> 0 limit, a
+ * one-hot softmax. */
+static inline FT NAME(inv_temp)(double t)
+{
+    const double r = 1.0 / t;
+    return r < (double)FT_MAX ? (FT)r : FT_MAX;
+}
+
 /* The last C % VL entries as one vector, the other lanes `pad`: with pad =
  * -inf they add exp(-inf) = 0 to a sum, so the lanes' sums, and the bits of
  * the result, are those of a scalar tail. */
@@ -257,9 +267,12 @@ static void NAME(row_div_grad)(const FT *z, const FT *v, int64_t C, FT mz, FT mv
 
 /* Mean and standard deviation (ddof) of a row's finite entries, -inf
  * excluded; *n_finite gets their count. The std is 0 when n_finite <= ddof.
- * Deviations are taken in double. */
-static void NAME(row_mean_std)(const FT *x, int64_t C, int ddof, double *mean_out,
-                               double *std_out, int64_t *n_finite)
+ * Deviations are taken in double, of x - shift with shift one of the row's
+ * values (its max): a constant row then has a std of exactly 0, where the
+ * rounding of an inexact mean would leave noise that ATKD's gradient divides
+ * by. */
+static void NAME(row_mean_std)(const FT *x, int64_t C, int ddof, double shift,
+                               double *mean_out, double *std_out, int64_t *n_finite)
 {
     const kd_v4d zero = {0}, one = zero + 1.0, ninf = zero - INFINITY;
     kd_v4d s = {0}, c = {0}, q = {0};
@@ -268,37 +281,40 @@ static void NAME(row_mean_std)(const FT *x, int64_t C, int ddof, double *mean_ou
         for (int h = 0; h < VPARTS; h++) {
             kd_v4d xd = VPART(xx, h);
             kd_v4l fin = xd > ninf;
-            s += kd_sel_v4d(fin, xd, zero);
+            s += kd_sel_v4d(fin, xd - shift, zero);
             c += kd_sel_v4d(fin, one, zero);
         }
     }
-    const double n = kd_acc_sum_v4d(c), mean = kd_acc_sum_v4d(s) / n;
+    const double n = kd_acc_sum_v4d(c), mean_d = kd_acc_sum_v4d(s) / n;
     for (int64_t j = 0; j < C; j += VL) {
         VEC xx = j + VL <= C ? VLOAD(x + j) : NAME(load_tail)(x + j, C - j, -INFINITY);
         for (int h = 0; h < VPARTS; h++) {
             kd_v4d xd = VPART(xx, h);
-            kd_v4d d = kd_sel_v4d(xd > ninf, xd - mean, zero);
+            kd_v4d d = kd_sel_v4d(xd > ninf, (xd - shift) - mean_d, zero);
             q += d * d;
         }
     }
-    *mean_out = mean;
+    *mean_out = shift + mean_d;
     *std_out = n - ddof > 0 ? sqrt(kd_acc_sum_v4d(q) / (n - ddof)) : 0.0;
     *n_finite = (int64_t)n;
 }
 
 /* ATKD with the gradient through tS: row_kl_sums' three sums (the same
  * arithmetic, so the loss has the same bits as without the gradient) and, in
- * the same pass, P = sum_k (pS_k - pT_k) z_k over the finite z_k (a -inf
- * entry does not move with tS), taken as sum (pS - pT)(z - mean) +
- * mean sum (pS - pT) so that large logits do not cancel; the second sum is 0
- * unless the teacher has mass where z is -inf. */
+ * the same pass, P = mT sum_k pS_k z_k - sum_{k in F} pT_k z_k, F the finite
+ * z_k (a -inf entry does not move with tS) and mT = sum_{k in F} pT_k: the
+ * derivative of the finite part of the KL. It is taken as
+ * mT sum pS (z - mean) - sum_F pT (z - mean), the same value since
+ * sum pS = 1, so that large logits do not cancel; mT = 1 unless the teacher
+ * has mass where z is -inf (an infinite KL), and P stays shift invariant
+ * there too. */
 static void NAME(row_atkd_sums)(const FT *z, const FT *v, int64_t C, FT mz, FT mv,
                                 FT inv_s, FT inv_t, double mean, double *sS_out,
                                 double *sT_out, double *A_out, double *P_out)
 {
     const kd_v4d zero = {0}, ninf = zero - INFINITY;
     ACC accS = {0}, accT = {0}, accA = {0};
-    kd_v4d a = {0}, b = {0}, a0 = {0}, b0 = {0};
+    kd_v4d a = {0}, b = {0}, b0 = {0};
     for (int64_t j = 0; j < C; j += VL) {
         const int full = j + VL <= C;
         VEC zz = full ? VLOAD(z + j) : NAME(load_tail)(z + j, C - j, -INFINITY);
@@ -311,7 +327,6 @@ static void NAME(row_atkd_sums)(const FT *z, const FT *v, int64_t C, FT mz, FT m
             kd_v4d dz = kd_sel_v4d(fin, zd - mean, zero);
             a += eSd * dz;
             b += eTd * dz;
-            a0 += kd_sel_v4d(fin, eSd, zero);
             b0 += kd_sel_v4d(fin, eTd, zero);
         }
     }
@@ -319,13 +334,14 @@ static void NAME(row_atkd_sums)(const FT *z, const FT *v, int64_t C, FT mz, FT m
     *sS_out = sS;
     *sT_out = sT;
     *A_out = ACC_SUM(accA);
-    *P_out = kd_acc_sum_v4d(a) / sS - kd_acc_sum_v4d(b) / sT +
-             mean * (kd_acc_sum_v4d(a0) / sS - kd_acc_sum_v4d(b0) / sT);
+    *P_out = kd_acc_sum_v4d(b0) / sT * (kd_acc_sum_v4d(a) / sS) - kd_acc_sum_v4d(b) / sT;
 }
 
 /* DKD's non-target statistics: maxima over j != y, the partition sums over
  * j != y shifted by those maxima, and A_nt = sum_{j != y} eT (a - b) as in
- * row_kl_sums, so that NCKD = A_nt / sT_nt - log sT_nt + log sS_nt. */
+ * row_kl_sums, so that NCKD = A_nt / sT_nt - log sT_nt + log sS_nt. A side
+ * whose non-target logits are all -inf (or C == 1) has a zero sum; A_nt is
+ * only taken when both sides have some. */
 typedef struct {
     FT mz, mv;
     double sS, sT, A;
@@ -345,16 +361,21 @@ static NAME(kd_nt) NAME(row_dkd_sums)(const FT *z, const FT *v, int64_t C, int64
     r.mz = mz;
     r.mv = mv;
     r.sS = r.sT = r.A = 0.0;
-    if (mz == -INFINITY || mv == -INFINITY)
-        return r;
+    const int has_s = mz > -INFINITY, has_t = mv > -INFINITY;
     for (int64_t j = 0; j < C; j++) {
         if (j == y)
             continue;
-        FT b = (z[j] - mz) * inv_s, a = (v[j] - mv) * inv_t;
-        FT eS = EXP(b), eT = EXP(a);
-        r.sS += (double)eS;
-        r.sT += (double)eT;
-        r.A += eT > 0 ? (double)eT * (double)(a - b) : 0.0;
+        if (has_s && has_t) {
+            FT b = (z[j] - mz) * inv_s, a = (v[j] - mv) * inv_t;
+            FT eS = EXP(b), eT = EXP(a);
+            r.sS += (double)eS;
+            r.sT += (double)eT;
+            r.A += eT > 0 ? (double)eT * (double)(a - b) : 0.0;
+        } else if (has_s) {
+            r.sS += (double)EXP((z[j] - mz) * inv_s);
+        } else if (has_t) {
+            r.sT += (double)EXP((v[j] - mv) * inv_t);
+        }
     }
     return r;
 }
@@ -484,8 +505,8 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
         if (p->adaptive && v_any) {
             double mean_v, std_v;
             int64_t n_fin_v;
-            NAME(row_mean_std)(z, C, p->ddof, &mean_z, &std_z, &n_fin);
-            NAME(row_mean_std)(v_any, C, p->ddof, &mean_v, &std_v, &n_fin_v);
+            NAME(row_mean_std)(z, C, p->ddof, (double)mz, &mean_z, &std_z, &n_fin);
+            NAME(row_mean_std)(v_any, C, p->ddof, (double)mv, &mean_v, &std_v, &n_fin_v);
             tS = p->base_temperature * (std_z + p->std_eps);
             tT = p->base_temperature * (std_v + p->std_eps);
         } else {
@@ -496,7 +517,7 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
             student_t_out[i] = tS;
         if (teacher_t_out)
             teacher_t_out[i] = tT;
-        const FT inv_s = (FT)(1.0 / tS), inv_t = (FT)(1.0 / tT);
+        const FT inv_s = NAME(inv_temp)(tS), inv_t = NAME(inv_temp)(tT);
         const double s = p->scale == KD_SCALE_T2      ? tS * tT
                          : p->scale == KD_SCALE_CONST ? p->scale_value
                                                       : 1.0;
@@ -512,7 +533,9 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
             const double zy = (double)z[y]; /* before g (maybe z) is written */
             NAME(row_ce_sums)(z, C, mz, eps != 0.0, &s1, &zsum, ce_cached ? g : NULL);
             double lse1 = (double)mz + log(s1);
-            ce = lse1 - (1 - eps) * zy;
+            ce = lse1;
+            if (eps != 1.0) /* (1 - eps) z_y is 0 * -inf at eps = 1 */
+                ce -= (1 - eps) * zy;
             if (eps != 0.0)
                 ce -= eps / (double)C * zsum;
         }
@@ -556,14 +579,18 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
                                       : nt.A / nt.sT - log(nt.sT) + log(nt.sS);
                 tckd = tckd > 0 ? tckd : 0;
                 nckd = nckd > 0 ? nckd : 0;
-                D = p->alpha * tckd + p->beta * nckd;
+                /* a zero weight drops its term even when that term is inf */
+                D = (p->alpha != 0.0 ? p->alpha * tckd : 0.0) +
+                    (p->beta != 0.0 ? p->beta * nckd : 0.0);
             } else {
                 NAME(row_div_sums)(z, v, C, mz, mv, inv_s, inv_t, sS, sT, p, &D, &Q);
             }
             D = D > 0 ? D : 0; /* every divergence is >= 0; drop rounding */
         }
 
-        row_loss[i] = p->kd_weight * s * D + p->ce_weight * ce;
+        /* an unused term adds nothing, even where s or the temperatures of an
+         * unchecked teacher are not finite */
+        row_loss[i] = (use_kd ? p->kd_weight * s * D : 0.0) + (use_ce ? p->ce_weight * ce : 0.0);
         if (!g)
             continue;
 
@@ -666,15 +693,20 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
         } else if (dkd) {
             /* d/dz_j of T^2 (alpha TCKD + beta NCKD), per 1/T:
              *   j == y: alpha (pS_y - pT_y)
-             *   j != y: alpha (pT_y - pS_y) pS_nt_j + beta (pS_nt_j - pT_nt_j) */
+             *   j != y: alpha (pT_y - pS_y) pS_nt_j + beta (pS_nt_j - pT_nt_j)
+             * A side without non-target mass has pS_nt = 0 (pT_nt = 0); NCKD
+             * is 0 and constant when the teacher has none. */
+            const int s_nt = nt.sS > 0, t_nt = nt.sT > 0;
             const double ct = coef * p->alpha * (pTy - pSy);
-            const FT cSn = nt.sS > 0 ? (FT)((ct + coef * p->beta) / nt.sS) : (FT)0;
-            const FT cTn = nt.sT > 0 ? (FT)(coef * p->beta / nt.sT) : (FT)0;
+            const double cb = t_nt ? coef * p->beta : 0.0;
+            const FT cSn = s_nt ? (FT)((ct + cb) / nt.sS) : (FT)0;
+            const FT cTn = t_nt ? (FT)(cb / nt.sT) : (FT)0;
             const FT gy = (FT)(-ct);
             const FT zy = z[y]; /* g may be z: read before the loop writes it */
             for (int64_t j = 0; j < C; j++) {
                 FT zj = z[j];
-                FT gj = cSn * EXP((zj - nt.mz) * inv_s) - cTn * EXP((v[j] - nt.mv) * inv_t);
+                FT gj = (s_nt ? cSn * EXP((zj - nt.mz) * inv_s) : (FT)0) -
+                        (t_nt ? cTn * EXP((v[j] - nt.mv) * inv_t) : (FT)0);
                 if (use_ce)
                     gj += cC * EXP(zj - mz) - c_eps;
                 g[j] = gj;
@@ -730,7 +762,7 @@ int NAME(kd_softmax)(int64_t n_rows, int64_t n_cols, const FT *x, int64_t x_stri
         const FT *xi = x + i * x_stride;
         FT *o = out + i * out_stride;
         const FT m = maxes[i];
-        const FT inv_t = (FT)(1.0 / t.t[i * t.stride]);
+        const FT inv_t = NAME(inv_temp)(t.t[i * t.stride]);
         if (log_space) {
             const FT lse = (FT)log(NAME(row_sumexp)(xi, C, m, inv_t));
             int64_t j = 0;
@@ -774,7 +806,7 @@ int NAME(kd_lse)(int64_t n_rows, int64_t n_cols, const FT *x, int64_t x_stride,
         if (code != KD_OK)
             continue;
         const double tt = t.t[i * t.stride];
-        const FT inv_t = (FT)(1.0 / tt);
+        const FT inv_t = NAME(inv_temp)(tt);
         out[i] = (double)m / tt + log(NAME(row_sumexp)(xi, C, m, inv_t));
     }
     if (bad_code != KD_OK) {
@@ -818,7 +850,7 @@ int NAME(kd_row_stats)(int64_t n_rows, int64_t n_cols, const FT *x, int64_t x_st
         if (code != KD_OK)
             continue;
         const double tt = t.t[i * t.stride];
-        const FT inv_t = (FT)(1.0 / tt);
+        const FT inv_t = NAME(inv_temp)(tt);
         /* s = sum e_j, H' = sum e_j b_j with b = (x - m)/t, e = exp(b):
          * entropy = log s - H'/s, top-1 probability = 1/s (the max has e = 1) */
         ACC accS = {0}, accH = {0};
@@ -840,7 +872,7 @@ int NAME(kd_row_stats)(int64_t n_rows, int64_t n_cols, const FT *x, int64_t x_st
             am++;
         double mean, sd;
         int64_t n_fin;
-        NAME(row_mean_std)(xi, C, 0, &mean, &sd, &n_fin);
+        NAME(row_mean_std)(xi, C, 0, (double)m, &mean, &sd, &n_fin);
         o->max[i] = (double)m;
         o->lse[i] = (double)m / tt + log(s);
         o->mean[i] = mean;
@@ -871,7 +903,7 @@ int NAME(kd_row_stats)(int64_t n_rows, int64_t n_cols, const FT *x, int64_t x_st
 static void NAME(row_profile)(const FT *z, const FT *v, int64_t C, FT mz, FT mv, double T,
                               double *out)
 {
-    const FT inv = (FT)(1.0 / T);
+    const FT inv = NAME(inv_temp)(T);
     const VEC zero = {0};
     ACC sS = {0}, sT = {0}, A = {0}, hS = {0}, hT = {0}, pSS = {0}, pST = {0}, pTT = {0};
     int64_t j = 0;

@@ -2,6 +2,7 @@
  * instruction set: kd.c includes this with KD_ISA base, kd_avx2.c with
  * KD_ISA avx2 under an AVX2 target. Both give the same bits: the arithmetic
  * is the same eight-lane sequence, and -std=c11 keeps multiply-adds unfused. */
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -13,6 +14,7 @@
 #include "kd_math.h"
 
 #define FT float
+#define FT_MAX FLT_MAX
 #define SFX f32
 #define EXP kd_exp_f32
 #define VL 8
@@ -31,6 +33,7 @@
 #define ACC_SUM kd_acc_sum_v8f
 #include "kd_impl.h"
 #undef FT
+#undef FT_MAX
 #undef SFX
 #undef EXP
 #undef VEC
@@ -49,6 +52,7 @@
 #undef ACC_SUM
 
 #define FT double
+#define FT_MAX DBL_MAX
 #define SFX f64
 #define EXP kd_exp_f64
 #define VL 4
@@ -67,6 +71,7 @@
 #define ACC_SUM kd_acc_sum_v4d
 #include "kd_impl.h"
 #undef FT
+#undef FT_MAX
 #undef SFX
 #undef EXP
 #undef VEC

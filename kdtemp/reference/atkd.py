@@ -24,7 +24,7 @@ import numpy as np
 
 from kdtemp._types import ATKDResult, LossResult
 from kdtemp.reference.kd import (REDUCTIONS, _ce_rows, _check_choice, _check_finite,
-                                 _check_logits, _check_n_threads, _check_not_all_neginf,
+                                 _check_logits, _check_min_temperature, _check_n_threads, _check_not_all_neginf,
                                  _check_out, _check_real, _counted_rows, _finish_grad,
                                  _kl_rows, _log_softmax_rows, _reduce, _row_array,
                                  _temperatures)
@@ -75,12 +75,18 @@ def _finite_mean_std(x: np.ndarray, ddof: int):
     """(mean, std, n_finite) of each row's finite entries, float64.
 
     ``std = sqrt(sum_{j in F} (x_j - mean)^2 / (n - ddof))``, 0 when ``n <= ddof``.
-    Rows must have at least one finite entry (checked by the caller).
+    Rows must have at least one finite entry (checked by the caller). Deviations are
+    taken of ``x - max(x)`` (as the kernels do), so a constant row has a std of
+    exactly 0, not the rounding of an inexact mean.
     """
     fin = np.isfinite(x)
     n = fin.sum(axis=1)
-    mean = np.where(fin, x, 0.0).sum(axis=1) / np.maximum(n, 1)
-    dev = np.where(fin, x - mean[:, None], 0.0)
+    shift = np.where(fin, x, -np.inf).max(axis=1, initial=-np.inf)
+    shift = np.where(np.isfinite(shift), shift, 0.0)
+    d = np.where(fin, x - shift[:, None], 0.0)
+    mean_d = d.sum(axis=1) / np.maximum(n, 1)
+    mean = shift + mean_d
+    dev = np.where(fin, d - mean_d[:, None], 0.0)
     dof = n - ddof
     std = np.sqrt((dev * dev).sum(axis=1) / np.where(dof > 0, dof, 1))
     return mean, np.where(dof > 0, std, 0.0), n
@@ -116,8 +122,13 @@ def atkd_loss(student, teacher, *, base_temperature: float = 1.0, ddof: int = 0,
 
         dtS/dz_ij = b (z_ij - mean(z_i)) / ((n_i - ddof) sigma)   (0 for -inf entries,
                                                                    0 when sigma == 0)
-        d atkd_i / d z_ij = g_j / tS - (sum_{k in F} g_k z_ik) / tS^2 * dtS/dz_ij
+        d atkd_i / d z_ij = g_j / tS - P_i s_i / tS^2 * dtS/dz_ij
                           [+ KL_i tT_i dtS/dz_ij          for scale="T2"]
+        P_i = mT sum_k pS_k z_ik - sum_{k in F} pT_k z_ik,   mT = sum_{k in F} pT_k
+
+    ``F`` the finite entries of ``z_i`` (a ``-inf`` entry does not move with tS);
+    ``mT = 1`` unless the teacher has mass where the student is ``-inf`` (an
+    infinite KL, whose finite part P then differentiates, shift invariant).
 
     ``detach_temperature=True`` keeps only ``g_j / tS``. The teacher's temperature
     never carries gradient. Rows, reductions, ``-inf`` and ``out`` as in
@@ -157,6 +168,7 @@ def atkd_loss(student, teacher, *, base_temperature: float = 1.0, ddof: int = 0,
     eps = _check_real(eps, "eps")
     if not eps > 0:
         raise ValueError(f"`eps` must be finite and > 0, got {eps!r}")
+    _check_min_temperature(b * eps, "base_temperature * eps", student.dtype)  # tS, tT >= b eps
     kd_weight = _check_real(kd_weight, "kd_weight")
     ce_weight = _check_real(ce_weight, "ce_weight")
     if ce_weight != 0.0 and labels is None:
@@ -208,8 +220,11 @@ def atkd_loss(student, teacher, *, base_temperature: float = 1.0, ddof: int = 0,
                     denom = np.where(live, (n_z - ddof) * sigma_z, 1.0)
                     dts_dz = np.where(fin & live[:, None],
                                       b * (zc - mean_z[:, None]) / denom[:, None], 0.0)
-                    gz = np.where(fin, g * np.where(fin, zc, 0.0), 0.0).sum(axis=1)
-                    d_ts = -gz / t_s_c**2  # d atkd / d tS through u
+                    ps, pt = np.exp(log_ps), np.exp(log_pt)
+                    dz = np.where(fin, zc - mean_z[:, None], 0.0)  # sum pS = 1: any shift
+                    m_t = np.where(fin, pt, 0.0).sum(axis=1)
+                    p_tS = m_t * (ps * dz).sum(axis=1) - (pt * dz).sum(axis=1)
+                    d_ts = -s * p_tS / t_s_c**2  # d atkd / d tS through u
                     if scale == "T2":
                         # through s = tS tT; an infinite KL has no finite share here
                         d_ts = d_ts + np.where(np.isfinite(kl), kl * t_t_c, 0.0)
@@ -265,7 +280,7 @@ def sharpness(logits, temperature=1.0, *, check_finite: bool = True,
     c = x.shape[-1]
     lead = x.shape[:-1]
     n = int(np.prod(lead, dtype=np.int64))
-    t = _temperatures(_flat_per_row(temperature, lead), n, "temperature")
+    t = _temperatures(_flat_per_row(temperature, lead), n, "temperature", dtype=x.dtype)
     rows = np.array(x, dtype=np.float64).reshape(n, c)
     if check_finite:
         _check_finite(rows, "logits")
@@ -312,8 +327,10 @@ def sharpness_gap(student, teacher, student_temperature=1.0, teacher_temperature
         if m.dtype.kind not in "biu":
             raise TypeError(f"`mask` must be a boolean (or integer) array, got dtype {m.dtype}")
         keep = _row_array(m, "mask", lead, n).astype(bool)
-    t_s = _temperatures(_flat_per_row(student_temperature, lead), n, "student_temperature")
-    t_t = _temperatures(_flat_per_row(teacher_temperature, lead), n, "teacher_temperature")
+    t_s = _temperatures(_flat_per_row(student_temperature, lead), n, "student_temperature",
+                        dtype=z.dtype)
+    t_t = _temperatures(_flat_per_row(teacher_temperature, lead), n, "teacher_temperature",
+                        dtype=z.dtype)
     lse_s = sharpness(z, t_s, check_finite=check_finite, n_threads=n_threads).reshape(n)
     lse_t = sharpness(v, t_t, check_finite=check_finite, n_threads=n_threads).reshape(n)
     if approximate:

@@ -25,6 +25,7 @@ from typing import Any, Optional, Sequence, Tuple
 import numpy as np
 
 from kdtemp.diagnostics import RowStats, TemperatureProfile
+from kdtemp.reference.kd import _check_min_temperature
 
 __all__ = ["row_stats", "temperature_profile", "match_sharpness"]
 
@@ -54,9 +55,9 @@ def _n_threads(n_threads: Any) -> None:
         raise ValueError("`n_threads` must not be 0 (use None for the default, -1 for all)")
 
 
-def _per_row(t: Any, lead: Tuple[int, ...], n: int, name: str) -> np.ndarray:
+def _per_row(t: Any, lead: Tuple[int, ...], n: int, name: str, dtype) -> np.ndarray:
     """A scalar or one value per row (shape ``lead`` or ``(n,)``) as float64 (n,),
-    every value finite and > 0."""
+    every value finite and > 0, and one the kernels take for logits of ``dtype``."""
     a = np.asarray(t)
     if a.dtype.kind not in "fiu":
         raise TypeError(f"`{name}` must be a number or an array of numbers, got dtype {a.dtype}")
@@ -71,6 +72,7 @@ def _per_row(t: Any, lead: Tuple[int, ...], n: int, name: str) -> np.ndarray:
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise ValueError(f"`{name}` must be finite and > 0, got {a[i]!r} (row {i})")
+    _check_min_temperature(a, name, dtype, None if np.ndim(t) == 0 else (lambda i: f" (row {i})"))
     return a
 
 
@@ -175,7 +177,7 @@ def row_stats(logits: Any, temperature: Any = 1.0, labels: Any = None, *,
     lead, c = a.shape[:-1], a.shape[-1]
     n = int(np.prod(lead, dtype=np.int64))
     x = np.asarray(a, dtype=np.float64).reshape(n, c)
-    t = _per_row(temperature, lead, n, "temperature")
+    t = _per_row(temperature, lead, n, "temperature", a.dtype)
     counted, y = _counted(labels, mask, int(ignore_index), lead, n, c)
     _check_rows(x, counted, check_finite, "logits")
 
@@ -255,6 +257,7 @@ def temperature_profile(student: Any, teacher: Any,
     if bad.any():
         k = int(np.flatnonzero(bad)[0])
         raise ValueError(f"`temperatures` must be finite and > 0, got {temps[k]!r} (index {k})")
+    _check_min_temperature(temps, "temperatures", za.dtype, lambda k: f" (index {k})")
     lead, c = za.shape[:-1], za.shape[-1]
     n = int(np.prod(lead, dtype=np.int64))
     counted, _ = _counted(labels, mask, int(ignore_index), lead, n, c)
@@ -329,7 +332,7 @@ def match_sharpness(student: Any, teacher: Any, student_temperature: Any = 1.0, 
     everything = np.ones(n, bool)  # sharpness checks every row, masked or not
     _check_rows(z, everything, True, "student")
     _check_rows(v, everything, True, "teacher")
-    tS = _per_row(student_temperature, lead, n, "student_temperature")
+    tS = _per_row(student_temperature, lead, n, "student_temperature", za.dtype)
     target = float(_lse(z, tS)[keep].mean())
 
     def f(T: float) -> float:

@@ -15,6 +15,9 @@ With labels ``y_i``, temperatures ``T_i`` and ``log pS = log_softmax(z / T)``,
     dkd_i  = (alpha TCKD_i + beta NCKD_i) T_i^2
 
 (TCKD and NCKD are clamped at 0: a KL is >= 0, so a negative value is rounding.)
+A side whose non-target logits are all ``-inf`` has ``q = 0``: NCKD is 0 (and
+constant) when the teacher has no non-target mass, ``+inf`` when only the student
+has none. A zero ``alpha`` or ``beta`` drops its term, even an infinite one.
     loss_i = kd_weight * dkd_i + ce_weight * ce_i
 """
 from __future__ import annotations
@@ -78,20 +81,23 @@ def _dkd_rows(z: np.ndarray, v: np.ndarray, y: np.ndarray, t: np.ndarray,
     log_bt = np.stack([b[r, y] - lse_t, lse_t_nt - lse_t], axis=1)
     tckd = _xlogy_diff(np.exp(log_bt), log_bt, log_bs).sum(axis=1)
 
-    # non-target distributions; with C == 1 there are none (NCKD = 0)
+    # non-target distributions; a side with no non-target mass (all -inf, or
+    # C == 1) has q = 0
+    s_nt, t_nt = lse_s_nt > -np.inf, lse_t_nt > -np.inf
     with np.errstate(invalid="ignore"):
-        log_qs = a_nt - lse_s_nt[:, None]
-        log_qt = b_nt - lse_t_nt[:, None]
+        log_qs = np.where(s_nt[:, None], a_nt - lse_s_nt[:, None], -np.inf)
+        log_qt = np.where(t_nt[:, None], b_nt - lse_t_nt[:, None], -np.inf)
     qt = np.where(target, 0.0, np.exp(np.where(target, -np.inf, log_qt)))
     nckd = _kl_rows(qt, log_qt, log_qs)
     # both are KLs, >= 0: drop the rounding below 0 (as the kernels do)
     tckd, nckd = np.maximum(tckd, 0.0), np.maximum(nckd, 0.0)
-    dkd = (alpha * tckd + beta * nckd) * t**2
+    dkd = ((alpha * tckd if alpha != 0 else 0.0) + (beta * nckd if beta != 0 else 0.0)) * t**2
     if not compute_grad:
         return dkd, None
     ps_y, pt_y = np.exp(log_bs[:, 0]), np.exp(log_bt[:, 0])
     qs = np.where(target, 0.0, np.exp(np.where(target, -np.inf, log_qs)))
-    grad = alpha * (pt_y - ps_y)[:, None] * qs + beta * (qs - qt)
+    # NCKD is constant (0) when the teacher has no non-target mass
+    grad = alpha * (pt_y - ps_y)[:, None] * qs + beta * np.where(t_nt[:, None], qs - qt, 0.0)
     grad[r, y] = alpha * (ps_y - pt_y)
     return dkd, t[:, None] * grad
 
@@ -156,7 +162,7 @@ def dkd_loss(student, teacher, labels, *, temperature=4.0, alpha: float = 1.0,
     n = int(np.prod(lead, dtype=np.int64))
     t = np.asarray(temperature)
     t_all = _temperatures(t.reshape(-1) if t.ndim > 1 and t.shape == lead else temperature,
-                          n, "temperature")
+                          n, "temperature", dtype=student.dtype)
     counted, flat_labels = _counted_rows(labels, mask, int(ignore_index), lead, n, c)
     if compute_grad and out is not None:
         _check_out(out, student)

@@ -116,10 +116,30 @@ def _check_n_threads(n_threads) -> None:
                          "count to count back from the maximum), got 0")
 
 
-def _temperatures(t, n: int, name: str, lead: Optional[Tuple[int, ...]] = None) -> np.ndarray:
+def min_temperature(dtype) -> float:
+    """The smallest temperature the kernels take for logits of ``dtype``: the one
+    whose inverse is the dtype's largest finite value (float32 2.9e-39, float64
+    5.6e-309); below it ``x / t`` overflows at every logit."""
+    return 1.0 / float(np.finfo(dtype).max)
+
+
+def _check_min_temperature(t: np.ndarray, name: str, dtype, where=None) -> None:
+    """ValueError naming ``name`` for the first value of ``t`` below
+    :func:`min_temperature`; ``where(i)`` says where it is."""
+    lo = min_temperature(dtype)
+    low = np.asarray(t) < lo
+    if low.any():
+        i = int(np.flatnonzero(low)[0])
+        at = where(i) if where else ""
+        raise ValueError(f"`{name}` must be >= {lo:.3g} for {np.dtype(dtype).name} logits "
+                         f"(its inverse must be finite), got {float(np.ravel(t)[i])!r}{at}")
+
+
+def _temperatures(t, n: int, name: str, lead: Optional[Tuple[int, ...]] = None,
+                  dtype=None) -> np.ndarray:
     """A scalar, a length-N 1-D array or (if given) an array of the leading shape
     ``lead`` of temperatures -> float64 array of shape (N,). Every value must be
-    finite and > 0.
+    finite and > 0, and with ``dtype`` (of the logits) >= ``min_temperature(dtype)``.
     """
     lead = (n,) if lead is None else lead
     arr = np.asarray(t)
@@ -138,6 +158,9 @@ def _temperatures(t, n: int, name: str, lead: Optional[Tuple[int, ...]] = None) 
         i = int(np.flatnonzero(bad)[0])
         where = "" if np.ndim(t) == 0 else f" (row {i})"
         raise ValueError(f"`{name}` must be finite and > 0, got {arr[i]!r}{where}")
+    if dtype is not None:
+        _check_min_temperature(arr, name, dtype,
+                               None if np.ndim(t) == 0 else (lambda i: f" (row {i})"))
     return arr
 
 
@@ -478,9 +501,10 @@ def kd_loss(student, teacher, *, temperature=4.0, teacher_temperature=None,
     c = student.shape[-1]
     lead = student.shape[:-1]
     n = int(np.prod(lead, dtype=np.int64))
-    t_s = _temperatures(temperature, n, "temperature", lead)
+    t_s = _temperatures(temperature, n, "temperature", lead, student.dtype)
     t_t = (t_s if teacher_temperature is None
-           else _temperatures(teacher_temperature, n, "teacher_temperature", lead))
+           else _temperatures(teacher_temperature, n, "teacher_temperature", lead,
+                              student.dtype))
     counted, flat_labels = _counted_rows(labels, mask, int(ignore_index), lead, n, c)
     if out is not None:
         _check_out(out, student, compute_grad)
@@ -621,7 +645,7 @@ def _softmax_common(logits, temperature, out, check_finite, n_threads):
     _check_n_threads(n_threads)
     c = x.shape[-1]
     n = int(np.prod(x.shape[:-1], dtype=np.int64))
-    t = _temperatures(temperature, n, "temperature", x.shape[:-1])
+    t = _temperatures(temperature, n, "temperature", x.shape[:-1], x.dtype)
     if out is not None:
         _check_out(out, x)
     rows = np.array(x, dtype=np.float64).reshape(n, c)

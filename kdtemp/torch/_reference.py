@@ -107,6 +107,9 @@ def _temperature(t: Any, name: str, lead: Tuple[int, ...], n: int, like: Tensor,
                                        and isinstance(t, numbers.Real)):
         if check and not (t > 0 and float(t) < float("inf")):
             raise ValueError(f"`{name}` must be finite and > 0, got {float(t)!r}")
+        if check:
+            _check_min_temperature(torch.tensor([float(t)], dtype=torch.float64), name,
+                                   like.dtype, scalar=True)
         # ones * t, not full(t): under torch.compile a float that changes every
         # step stays symbolic instead of being baked into the graph
         return torch.ones((1, 1), dtype=like.dtype, device=like.device) * t
@@ -136,7 +139,21 @@ def _temperature(t: Any, name: str, lead: Tuple[int, ...], n: int, like: Tensor,
             raise ValueError(f"`{name}` must be finite and > 0, got "
                              f"{float(col.reshape(-1)[i])!r}"
                              + ("" if col.numel() == 1 else f" at row {i}"))
+        _check_min_temperature(col.detach().reshape(-1), name, like.dtype,
+                               scalar=col.numel() == 1)
     return col.to(like.dtype)
+
+
+def _check_min_temperature(t: Tensor, name: str, dtype: torch.dtype, scalar: bool) -> None:
+    """The kernels' smallest temperature for logits of ``dtype`` (computed in): the
+    one whose inverse is the dtype's largest finite value."""
+    lo = 1.0 / torch.finfo(dtype).max
+    low = t.to(torch.float64) < lo
+    if bool(low.any()):
+        i = int(low.nonzero()[0, 0])
+        raise ValueError(f"`{name}` must be >= {lo:.3g} for {str(dtype).replace('torch.', '')} "
+                         f"logits (its inverse must be finite), got {float(t[i])!r}"
+                         + ("" if scalar else f" at row {i}"))
 
 
 def _counted(labels: Optional[Tensor], mask: Any, ignore_index: int, lead, n: int,
@@ -195,6 +212,15 @@ def _div_temperature(x: Tensor, t: Tensor) -> Tensor:
         return x / t
     fin = torch.isfinite(x)
     return torch.where(fin, torch.where(fin, x, 0.0) / t, x / t.detach())
+
+
+def _cross_entropy(z: Tensor, y: Tensor, label_smoothing: float) -> Tensor:
+    """Per-row ``F.cross_entropy`` with label smoothing, except that smoothing 1
+    takes no ``(1 - eps) * NLL`` term: at a ``-inf`` target logit that is
+    ``0 * inf = NaN`` in torch, ``+inf`` (uniform targets) in the kernels."""
+    if label_smoothing == 1.0:
+        return -F.log_softmax(z, dim=-1).mean(-1)
+    return F.cross_entropy(z, y, reduction="none", label_smoothing=label_smoothing)
 
 
 def _kl(p: Tensor, log_p: Tensor, log_q: Tensor) -> Tensor:
@@ -378,7 +404,7 @@ def kd_loss(
         s = (t_s * t_t).reshape(-1) if scale == "T2" else 1.0
         rows = rows + kd_weight * s * d
     if use_ce:
-        ce = F.cross_entropy(z2, y, reduction="none", label_smoothing=label_smoothing)
+        ce = _cross_entropy(z2, y, label_smoothing)
         rows = rows + ce_weight * ce
     return _reduce(rows, counted, reduction, lead, cdt), counted.sum()
 
@@ -484,9 +510,16 @@ def atkd_loss(
         _, sigma_z = _finite_std(z2.detach() if detach_temperature else z2, ddof)
         _, sigma_v = _finite_std(v2, ddof)
         t_s, t_t = b * (sigma_z + eps), b * (sigma_v + eps)
-        log_ps = F.log_softmax(_div_temperature(z2, t_s), dim=-1)
+        u = _div_temperature(z2, t_s)
+        log_ps = F.log_softmax(u, dim=-1)
         log_pt = F.log_softmax(v2 / t_t, dim=-1)
         kl = _nonneg(_kl(log_pt.exp(), log_pt, log_ps))
+        if not detach_temperature:
+            # a row whose KL is +inf (teacher mass m_out where the student is -inf):
+            # through tS only the finite part's lse, weighted 1 - m_out, moves (shift
+            # invariant, as in the kernels); the value is unchanged (lse - lse = 0)
+            m_out = torch.where(torch.isfinite(z2), 0.0, log_pt.exp()).sum(-1)
+            kl = kl - m_out * (_lse(u) - _lse(z2 / t_s.detach()))
         if scale == "T2":
             kl = kl * (t_s * t_t).reshape(-1)
         elif scale == "base":
@@ -561,27 +594,28 @@ def dkd_loss(
         a, bb = _div_temperature(z2, t), _div_temperature(v2, t)
         target = F.one_hot(y, c).bool()
         lse_s, lse_t = _lse(a), _lse(bb)
-        if c > 1:
-            a_nt = torch.where(target, float("-inf"), a)
-            b_nt = torch.where(target, float("-inf"), bb)
-            lse_s_nt, lse_t_nt = _lse(a_nt), _lse(b_nt)
-        else:  # no non-target class: p_y = 1, NCKD = 0
-            lse_s_nt = lse_t_nt = torch.full_like(lse_s, float("-inf"))
+        ninf = float("-inf")
+        a_nt = torch.where(target, ninf, a)
+        b_nt = torch.where(target, ninf, bb)
+        # a side with no non-target mass (all -inf, or C == 1) has q = 0; its lse
+        # is taken of zeros, so that no exp(-inf - -inf) = NaN reaches autograd
+        has_s = (a_nt > ninf).any(-1)
+        has_t = (b_nt > ninf).any(-1)
+        lse_s_nt = _lse(torch.where(has_s[:, None], a_nt, 0.0))
+        lse_t_nt = _lse(torch.where(has_t[:, None], b_nt, 0.0))
         a_y = a.gather(1, y[:, None])[:, 0]
         b_y = bb.gather(1, y[:, None])[:, 0]
-        log_bs = torch.stack([a_y - lse_s, lse_s_nt - lse_s], dim=1)
-        log_bt = torch.stack([b_y - lse_t, lse_t_nt - lse_t], dim=1)
+        log_bs = torch.stack([a_y - lse_s, torch.where(has_s, lse_s_nt, ninf) - lse_s], dim=1)
+        log_bt = torch.stack([b_y - lse_t, torch.where(has_t, lse_t_nt, ninf) - lse_t], dim=1)
         tckd = _nonneg(_kl(log_bt.exp(), log_bt, log_bs))
-        if c > 1:
-            log_qs = torch.where(target, float("-inf"), a_nt - lse_s_nt[:, None])
-            log_qt = torch.where(target, float("-inf"), b_nt - lse_t_nt[:, None])
-            nckd = _nonneg(_kl(log_qt.exp(), log_qt, log_qs))
-        else:
-            nckd = torch.zeros_like(tckd)
-        rows = rows + kd_weight * (alpha * tckd + beta * nckd) * (t * t).reshape(-1)
+        log_qs = torch.where(target, ninf, a_nt - lse_s_nt[:, None])
+        log_qt = torch.where(target | ~has_t[:, None], ninf, b_nt - lse_t_nt[:, None])
+        nckd = _nonneg(_kl(log_qt.exp(), log_qt, log_qs))  # 0 without teacher mass
+        # a zero weight drops its term, even an infinite one (as the kernels do)
+        dkd = (alpha * tckd if alpha != 0 else 0.0) + (beta * nckd if beta != 0 else 0.0)
+        rows = rows + kd_weight * dkd * (t * t).reshape(-1)
     if ce_weight != 0.0:
-        rows = rows + ce_weight * F.cross_entropy(z2, y, reduction="none",
-                                                  label_smoothing=label_smoothing)
+        rows = rows + ce_weight * _cross_entropy(z2, y, label_smoothing)
     return _reduce(rows, counted, reduction, lead, cdt), counted.sum()
 
 
