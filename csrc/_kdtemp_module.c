@@ -15,6 +15,15 @@
 #include <omp.h>
 #endif
 
+/* pthread_atfork: POSIX with threads (Python.h has defined _POSIX_C_SOURCE). */
+#if defined(__unix__) || defined(__APPLE__)
+#include <unistd.h>
+#if defined(_POSIX_THREADS) && _POSIX_THREADS > 0
+#include <pthread.h>
+#define KD_HAVE_ATFORK 1
+#endif
+#endif
+
 #include "annealing.h"
 #include "dts.h"
 #include "kd.h"
@@ -223,6 +232,15 @@ static PyArrayObject *grad_buffer(PyObject *out, PyArrayObject *like)
                         "`out` must have contiguous, aligned, native-order rows");
         return NULL;
     }
+    /* rows written by different threads must not share memory: |row stride|
+     * (either sign) at least one row's bytes; one row, or empty rows, cannot overlap */
+    npy_intp row_bytes = PyArray_DIM(o, 1) * item, s0 = PyArray_STRIDE(o, 0);
+    if (PyArray_DIM(o, 0) > 1 && row_bytes > 0 && (s0 < 0 ? -s0 : s0) < row_bytes) {
+        PyErr_Format(PyExc_ValueError,
+                     "`out` rows overlap each other: row stride %zd bytes, a row is %zd bytes",
+                     (Py_ssize_t)s0, (Py_ssize_t)row_bytes);
+        return NULL;
+    }
     Py_INCREF(o);
     return o;
 }
@@ -290,12 +308,34 @@ static void raise_status(const kd_status *st, const char *x_name, const char *v_
     }
 }
 
-static int check_threads(int n_threads)
+/* Fork safety. libgomp is not fork-safe: in a child forked after the parent
+ * started an OpenMP team, the first team of > 1 threads hangs. A pthread_atfork
+ * child handler marks every forked child, and check_threads runs every kernel
+ * call made there with one thread (the same bits, only slower), as PyTorch does
+ * in DataLoader workers. Without pthread_atfork (no fork) the flag stays 0. */
+static int in_forked_child = 0;
+
+#ifdef KD_HAVE_ATFORK
+static void on_fork_child(void)
 {
-    if (n_threads < 1) {
-        PyErr_Format(PyExc_ValueError, "`n_threads` must be >= 1 here, got %d", n_threads);
+    in_forked_child = 1;
+}
+#endif
+
+/* The team size a kernel really runs with when asked for n >= 1. */
+static int effective_threads(int n_threads)
+{
+    return in_forked_child ? 1 : n_threads;
+}
+
+/* Every kernel's n_threads passes here: validated, then 1 in a forked child. */
+static int check_threads(int *n_threads)
+{
+    if (*n_threads < 1) {
+        PyErr_Format(PyExc_ValueError, "`n_threads` must be >= 1 here, got %d", *n_threads);
         return -1;
     }
+    *n_threads = effective_threads(*n_threads);
     return 0;
 }
 
@@ -417,7 +457,7 @@ static PyObject *py_kd_forward(PyObject *self, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_ValueError, "`kd_weight` and `ce_weight` must be finite");
         goto fail;
     }
-    if (check_threads(n_threads) < 0)
+    if (check_threads(&n_threads) < 0)
         goto fail;
 
     if (!(z = as_rows(student_o, "student")))
@@ -558,7 +598,7 @@ static PyObject *py_softmax(PyObject *self, PyObject *args, PyObject *kw)
     PyObject *result = NULL;
     double t_scalar = 1.0;
     kd_temps t = {&t_scalar, 0};
-    if (check_threads(n_threads) < 0)
+    if (check_threads(&n_threads) < 0)
         goto fail;
     if (!(x = as_rows(x_o, "logits")))
         goto fail;
@@ -629,7 +669,7 @@ static PyObject *py_mse_forward(PyObject *self, PyObject *args, PyObject *kw)
         err_value("phi", "must be finite", phi, -1);
         goto fail;
     }
-    if (check_threads(n_threads) < 0)
+    if (check_threads(&n_threads) < 0)
         goto fail;
     if (!(z = as_rows(student_o, "student")) || !(v = as_rows(teacher_o, "teacher")))
         goto fail;
@@ -727,7 +767,7 @@ static PyObject *py_lse(PyObject *self, PyObject *args, PyObject *kw)
     PyObject *result = NULL;
     double t_scalar = 1.0;
     kd_temps t = {&t_scalar, 0};
-    if (check_threads(n_threads) < 0)
+    if (check_threads(&n_threads) < 0)
         goto fail;
     if (!(x = as_rows(x_o, "logits")))
         goto fail;
@@ -799,7 +839,7 @@ static PyObject *py_row_stats(PyObject *self, PyObject *args, PyObject *kw)
     double t_scalar = 1.0;
     kd_temps t = {&t_scalar, 0};
     kd_rows rows;
-    if (check_threads(n_threads) < 0)
+    if (check_threads(&n_threads) < 0)
         goto fail;
     if (!(x = as_rows(x_o, "logits")))
         goto fail;
@@ -866,7 +906,7 @@ static PyObject *py_profile(PyObject *self, PyObject *args, PyObject *kw)
                   *out = NULL;
     PyObject *result = NULL;
     kd_rows rows;
-    if (check_threads(n_threads) < 0)
+    if (check_threads(&n_threads) < 0)
         goto fail;
     if (!(z = as_rows(z_o, "student")) || !(v = as_rows(v_o, "teacher")))
         goto fail;
@@ -981,6 +1021,24 @@ static PyObject *py_max_threads(PyObject *self, PyObject *noargs)
 #endif
 }
 
+static PyObject *py_effective_threads(PyObject *self, PyObject *args)
+{
+    (void)self;
+    int n;
+    if (!PyArg_ParseTuple(args, "i", &n))
+        return NULL;
+    if (check_threads(&n) < 0)
+        return NULL;
+    return PyLong_FromLong(n);
+}
+
+static PyObject *py_in_forked_child(PyObject *self, PyObject *noargs)
+{
+    (void)self;
+    (void)noargs;
+    return PyBool_FromLong(in_forked_child);
+}
+
 static PyObject *py_isa(PyObject *self, PyObject *noargs)
 {
     (void)self;
@@ -1021,6 +1079,10 @@ static PyMethodDef methods[] = {
      "Force the kernels' instruction set ('baseline' or 'avx2'), for tests."},
     {"max_threads", py_max_threads, METH_NOARGS,
      "OpenMP's default team size (respects OMP_NUM_THREADS); 1 without OpenMP."},
+    {"effective_threads", py_effective_threads, METH_VARARGS,
+     "The team size a kernel asked for n >= 1 threads runs with: n, or 1 in a forked child."},
+    {"in_forked_child", py_in_forked_child, METH_NOARGS,
+     "Whether this process was forked after kdtemp was imported (kernels then run serial)."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "kdtemp._kdtemp",
@@ -1033,6 +1095,18 @@ PyMODINIT_FUNC PyInit__kdtemp(void)
     PyObject *m = PyModule_Create(&moduledef);
     if (!m)
         return NULL;
+#ifdef KD_HAVE_ATFORK
+    static int atfork_registered = 0;
+    if (!atfork_registered) {
+        int err = pthread_atfork(NULL, NULL, on_fork_child);
+        if (err != 0) {
+            PyErr_Format(PyExc_OSError, "kdtemp: pthread_atfork failed (error %d)", err);
+            Py_DECREF(m);
+            return NULL;
+        }
+        atfork_registered = 1;
+    }
+#endif
 #ifdef _OPENMP
     PyModule_AddIntConstant(m, "openmp", 1);
 #else

@@ -33,7 +33,32 @@ def _resolve(n_threads: Optional[int]) -> int:
 
 
 def set_num_threads(n_threads: Optional[int]) -> None:
-    """Set the default thread count of every kdtemp kernel (``None`` restores OpenMP's)."""
+    """Set the default thread count of every kdtemp kernel (``None`` restores OpenMP's).
+
+    Parameters
+    ----------
+    n_threads : int or None
+        The count kernels called with ``n_threads=None`` use: ``n >= 1`` exactly n,
+        ``n < 0`` counts back from the maximum (-1 = all), ``None`` OpenMP's default
+        (``OMP_NUM_THREADS``, threadpoolctl's limits).
+
+    Raises
+    ------
+    TypeError
+        If `n_threads` is not an int or None.
+    ValueError
+        If `n_threads` is 0.
+
+    Notes
+    -----
+    In a process forked after kdtemp was imported (``multiprocessing`` with
+    ``fork``, a PyTorch DataLoader worker), every kernel runs with one thread,
+    whatever this default or an explicit ``n_threads`` says: libgomp hangs when a
+    forked child starts a team of more than one thread after the parent did.
+    Results are bitwise identical for any thread count, so only speed changes.
+    The setting is still validated and stored there, and :func:`get_num_threads`
+    reports 1.
+    """
     global _default
     if n_threads is not None:
         _resolve(n_threads)  # validate
@@ -41,5 +66,5 @@ def set_num_threads(n_threads: Optional[int]) -> None:
 
 
 def get_num_threads() -> int:
-    """The thread count kernels use when ``n_threads=None``."""
-    return _resolve(None)
+    """The thread count kernels use when ``n_threads=None`` (1 in a forked child)."""
+    return _kdtemp.effective_threads(_resolve(None))

@@ -56,6 +56,13 @@ def readonly(a: np.ndarray) -> np.ndarray:
     return a
 
 
+def overlapping_rows(dtype=np.float64) -> np.ndarray:
+    """An (N, C) view whose rows start one element apart (each overlaps the next)."""
+    item = np.dtype(dtype).itemsize
+    return np.lib.stride_tricks.as_strided(np.zeros(N + C - 1, dtype), shape=(N, C),
+                                           strides=(item, item))
+
+
 CASES: List[Case] = []
 
 
@@ -117,6 +124,8 @@ for _name, _f in LOSSES.items():
         lambda f=_f: (lambda t: f(z(), t, out=t))(v()))
     add(_name, "out overlaps the student without being it", ValueError, "out",
         lambda f=_f: (lambda buf: f(buf[:N], v(), out=buf[1:N + 1]))(z(shape=(N + 1, C))))
+    add(_name, "out whose rows overlap each other", ValueError, "out",
+        lambda f=_f: f(z(), v(), out=overlapping_rows()))
     add(_name, "n_threads=0", ValueError, "n_threads",
         lambda f=_f: f(z(), v(), n_threads=0))
     add(_name, "n_threads=1.5", TypeError, "n_threads",
@@ -210,6 +219,8 @@ add("ce_loss", "label_smoothing=-0.1", ValueError, "label_smoothing",
     lambda: kdtemp.ce_loss(z(), labels(), label_smoothing=-0.1))
 add("ce_loss", "a counted row all -inf", ValueError, "student",
     lambda: kdtemp.ce_loss(with_(z(), 1, -np.inf), labels()))
+add("ce_loss", "out whose rows overlap each other", ValueError, "out",
+    lambda: kdtemp.ce_loss(z(), labels(), out=overlapping_rows()))
 
 # ---------------------------------------------------------------------------------
 # softmax, log_softmax, sharpness, sharpness_gap, row_stats, temperature_profile,
@@ -238,6 +249,8 @@ for _name, _f in (("softmax", kdtemp.softmax), ("log_softmax", kdtemp.log_softma
         lambda f=_f: f(z(), out=readonly(np.empty((N, C)))))
     add(_name, "out overlapping the logits", ValueError, "out",
         lambda f=_f: (lambda buf: f(buf[:N], out=buf[1:N + 1]))(z(shape=(N + 1, C))))
+    add(_name, "out whose rows overlap each other", ValueError, "out",
+        lambda f=_f: f(z(), out=overlapping_rows()))
 
 add("sharpness_gap", "teacher of another shape", ValueError, "teacher",
     lambda: kdtemp.sharpness_gap(z(), v(shape=(N + 1, C))))

@@ -267,13 +267,11 @@ def _start_pool():
     return float(kdtemp.kd_loss(_FORK_Z, _FORK_V, n_threads=2).loss)
 
 
-FORK_XFAIL = pytest.mark.xfail(
-    strict=True, reason="libgomp is not fork-safe: a child that starts a team of >1 "
-    "threads after the parent did hangs (reported; fix: serial kernels in forked "
-    "children via pthread_atfork)")
+# libgomp is not fork-safe: a child that starts a team of >1 threads after the parent
+# did hangs. The binding's pthread_atfork child handler makes every kernel call in a
+# forked child serial (csrc/_kdtemp_module.c, check_threads).
 
 
-@FORK_XFAIL
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_fork_after_openmp_pool_does_not_hang():
     expect = _start_pool()
@@ -314,7 +312,6 @@ print(sum(float(b.sum()) for b in loader))
 """
 
 
-@FORK_XFAIL
 @pytest.mark.skipif(torch is None, reason="needs torch")
 def test_dataloader_fork_workers_do_not_hang():
     """A torch DataLoader with fork workers that call kdtemp, in a fresh interpreter
@@ -322,8 +319,9 @@ def test_dataloader_fork_workers_do_not_hang():
     import signal
     import subprocess
 
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     p = subprocess.Popen([sys.executable, "-c", _DATALOADER_SCRIPT], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+                         stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
     try:
         out, err = p.communicate(timeout=30)
     except subprocess.TimeoutExpired:
@@ -339,9 +337,42 @@ def test_dataloader_fork_workers_do_not_hang():
     assert np.isfinite(float(out.split()[-1]))
 
 
+def _threads_child(q):
+    """In a forked child: the OS threads of this process around a 4-thread request."""
+    tasks = lambda: len(os.listdir("/proc/self/task"))  # noqa: E731
+    before = tasks()
+    r = kdtemp.kd_loss(_FORK_Z, _FORK_V, n_threads=4)
+    kdtemp.set_num_threads(4)
+    reported = (kdtemp.get_num_threads(), kdtemp._kdtemp.effective_threads(4),
+                kdtemp._kdtemp.in_forked_child())
+    q.put((before, tasks(), reported, float(r.loss)))  # the Queue's feeder thread starts here
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or not os.path.isdir("/proc/self/task"),
+                    reason="needs fork and /proc/self/task")
+def test_fork_child_really_runs_one_thread():
+    """An OpenMP team would leave its threads in /proc/self/task (the pool stays);
+    a forked child asked for 4 threads stays single-threaded and says so."""
+    expect = _start_pool()
+    assert kdtemp._kdtemp.in_forked_child() is False
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_threads_child, args=(q,))
+    p.start()
+    p.join(30)
+    if p.is_alive():
+        p.kill()
+        pytest.fail("a forked child hung")
+    assert p.exitcode == 0
+    before, after, reported, loss = q.get(timeout=5)
+    assert (before, after) == (1, 1)
+    assert reported == (1, 1, True)
+    assert loss == expect
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_fork_child_with_one_thread_works():
-    """The workaround until then: n_threads=1 in forked workers."""
+    """An explicit n_threads=1 in a forked worker works too."""
     _start_pool()
     ctx = mp.get_context("fork")
     q = ctx.Queue()
@@ -624,10 +655,23 @@ def test_atkd_constant_row_gradient_does_not_depend_on_the_constant():
     np.testing.assert_allclose(g[2], g[0], rtol=1e-6, atol=1e-9)
 
 
-@pytest.mark.xfail(strict=True, reason="binding gap G (reported): an `out` whose rows overlap "
-                   "each other is accepted, and threads/rows then overwrite each other")
 def test_out_with_overlapping_rows_is_refused():
     z, v = _logits((4, 6), seed=61), _logits((4, 6), seed=62)
     out = np.lib.stride_tricks.as_strided(np.zeros(4 + 6), shape=(4, 6), strides=(8, 8))
     with pytest.raises(ValueError, match="out"):
         kdtemp.kd_loss(z, v, out=out)
+
+
+@pytest.mark.parametrize("layout", ["one row, stride 8", "negative stride", "row gaps"])
+def test_out_whose_rows_do_not_overlap_is_accepted(layout):
+    z, v = _logits((4, 6), seed=61), _logits((4, 6), seed=62)
+    if layout == "one row, stride 8":
+        z, v = z[:1], v[:1]
+        out = np.lib.stride_tricks.as_strided(np.zeros(6), shape=(1, 6), strides=(8, 8))
+    elif layout == "negative stride":
+        out = np.zeros((4, 6))[::-1]
+    else:
+        out = np.zeros((4, 9))[:, :6]
+    r = kdtemp.kd_loss(z, v, out=out)
+    assert r.grad is out
+    np.testing.assert_array_equal(out, kdtemp.kd_loss(z, v).grad)
