@@ -144,6 +144,10 @@ for _name in ("kd_loss", "dkd_loss"):
         lambda f=_f: f(z(), v(), temperature=np.ones(N + 1)))
     add(_name, "temperature='4'", TypeError, "temperature",
         lambda f=_f: f(z(), v(), temperature="4"))
+    add(_name, "float32 logits, temperature=1e-40 (1/t overflows)", ValueError, "temperature",
+        lambda f=_f: f(z(np.float32), v(np.float32), temperature=1e-40))
+    add(_name, "float64 logits, temperature=1e-310 (1/t overflows)", ValueError, "temperature",
+        lambda f=_f: f(z(), v(), temperature=1e-310))
     add(_name, "label C (out of range)", ValueError, "labels",
         lambda f=_f: f(z(), v(), labels=with_(labels(), 1, C), ce_weight=0.5))
     add(_name, "label -1 with ignore_index=-100", ValueError, "labels",
@@ -187,6 +191,8 @@ add("atkd_loss", "base_temperature=0", ValueError, "base_temperature",
     lambda: kdtemp.atkd_loss(z(), v(), base_temperature=0.0))
 add("atkd_loss", "base_temperature=NaN", ValueError, "base_temperature",
     lambda: kdtemp.atkd_loss(z(), v(), base_temperature=np.nan))
+add("atkd_loss", "float32, base_temperature * eps = 1e-40", ValueError, "base_temperature",
+    lambda: kdtemp.atkd_loss(z(np.float32), v(np.float32), base_temperature=1e-33))
 add("atkd_loss", "eps=0", ValueError, "eps",
     lambda: kdtemp.atkd_loss(z(), v(), eps=0.0))
 add("atkd_loss", "ddof=-1", ValueError, "ddof",
@@ -240,6 +246,8 @@ for _name, _f in (("softmax", kdtemp.softmax), ("log_softmax", kdtemp.log_softma
         lambda f=_f: f(z(), 0.0))
     add(_name, "temperature array one too short", ValueError, "temperature",
         lambda f=_f: f(z(), np.ones(N - 1)))
+    add(_name, "float32 logits, temperature=1e-40 (1/t overflows)", ValueError, "temperature",
+        lambda f=_f: f(z(np.float32), 1e-40))
     add(_name, "n_threads=0", ValueError, "n_threads",
         lambda f=_f: f(z(), n_threads=0))
 for _name, _f in (("softmax", kdtemp.softmax), ("log_softmax", kdtemp.log_softmax)):
@@ -274,6 +282,8 @@ add("temperature_profile", "temperatures=[]", ValueError, "temperatures",
     lambda: kdtemp.temperature_profile(z(), v(), []))
 add("temperature_profile", "a temperature of 0", ValueError, "temperatures",
     lambda: kdtemp.temperature_profile(z(), v(), [1.0, 0.0]))
+add("temperature_profile", "float32, a temperature of 1e-40", ValueError, "temperatures",
+    lambda: kdtemp.temperature_profile(z(np.float32), v(np.float32), [1.0, 1e-40]))
 add("temperature_profile", "2-D temperatures", ValueError, "temperatures",
     lambda: kdtemp.temperature_profile(z(), v(), [[1.0, 2.0]]))
 add("temperature_profile", "teacher of another shape", ValueError, "teacher",

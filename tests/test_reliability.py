@@ -34,6 +34,9 @@ import kdtemp
 
 sys.path.insert(0, os.path.dirname(__file__))
 import bad_inputs  # noqa: E402
+import edge_rows  # noqa: E402
+
+import kdtemp.reference  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LEAK_CALLS = int(os.environ.get("KDTEMP_TEST_LEAK_CALLS", "10000"))
@@ -675,3 +678,32 @@ def test_out_whose_rows_do_not_overlap_is_accepted(layout):
     r = kdtemp.kd_loss(z, v, out=out)
     assert r.grad is out
     np.testing.assert_array_equal(out, kdtemp.kd_loss(z, v).grad)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", edge_rows.CASES, ids=[c.id for c in edge_rows.CASES])
+def test_edge_rows_kernel_matches_twin(case, dtype):
+    """The fixed bugs' rows: the kernel and the NumPy twin give the same loss
+    (+inf where it is) and the same finite gradient."""
+    args = edge_rows.astype(case, dtype)
+    got = getattr(kdtemp, case.func)(*args, **case.kwargs)
+    exp = getattr(kdtemp.reference, case.func)(*args, **case.kwargs)
+    rtol, atol = (1e-10, 1e-12) if dtype == np.float64 else (2e-5, 1e-6)
+    assert _finite_grad(got) and _finite_grad(exp)
+    assert not np.isnan(got.loss).any()
+    np.testing.assert_allclose(got.loss, exp.loss, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(got.grad, exp.grad, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", edge_rows.SHIFT_INVARIANT,
+                         ids=[c.id for c in edge_rows.SHIFT_INVARIANT])
+def test_edge_rows_gradient_is_shift_invariant(case, dtype):
+    """ATKD's loss does not change when a constant is added to a student row, and
+    neither may its gradient (infinite-KL rows, constant rows)."""
+    z, *rest = edge_rows.astype(case, dtype)
+    g0 = kdtemp.atkd_loss(z, *rest, **case.kwargs).grad
+    rtol, atol = (1e-9, 1e-11) if dtype == np.float64 else (1e-4, 1e-5)
+    for c in (100.0, -37.5):
+        g = kdtemp.atkd_loss(z + dtype(c), *rest, **case.kwargs).grad
+        np.testing.assert_allclose(g, g0, rtol=rtol, atol=atol)

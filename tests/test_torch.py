@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
+import sys
 import tracemalloc
 
 import numpy as np
@@ -16,6 +18,9 @@ import torch.nn.functional as F  # noqa: E402
 import kdtemp  # noqa: E402
 import kdtemp.torch as kt  # noqa: E402
 from kdtemp.torch import _autograd  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(__file__))
+import edge_rows  # noqa: E402
 
 DIVERGENCES = ("kl", "reverse_kl", "symmetric_kl", "jsd", "skew_kl", "skew_reverse_kl",
                "tvd")
@@ -217,6 +222,14 @@ def test_reference_matches_numpy_twin_on_infinite_rows(name):
                      reduction="none", **kwargs)
     close(loss, torch.from_numpy(exp.loss))
     close(grad, torch.from_numpy(exp.grad))
+
+
+@pytest.mark.parametrize("case", edge_rows.CASES, ids=[c.id for c in edge_rows.CASES])
+def test_paths_agree_on_edge_rows(case):
+    """The fuzzer's edge rows (tests/edge_rows.py): the torch reference path (for
+    other devices) agrees with the kernel, +inf losses and finite gradients."""
+    z, *rest = (torch.from_numpy(a) for a in case.args)
+    assert_paths_agree(getattr(kt, case.func), z, *rest, **case.kwargs)
 
 
 def test_reference_signatures_match_numpy():
