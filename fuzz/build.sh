@@ -7,12 +7,7 @@
 # Needs clang with compiler-rt (Debian: clang libclang-rt-14-dev libomp-14-dev);
 # KDFUZZ_INSTALL=1 installs them with apt-get. CC_FUZZ overrides the clang binary,
 # KDFUZZ_CFLAGS adds flags.
-#
-# KDFUZZ_SKIP_KNOWN=1 (the default while they are open) leaves the inputs of the
-# reported kernel bugs A-F (fuzz/README.md) out of the output checks, as the
-# pytest regression tests are xfail; KDFUZZ_SKIP_KNOWN=0 checks them too. Set the
-# default below to 0 once csrc/ fixes them.
-KDFUZZ_SKIP_KNOWN=${KDFUZZ_SKIP_KNOWN:-1}
+
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=fuzz/build
@@ -27,8 +22,7 @@ fi
 CC_FUZZ=${CC_FUZZ:-clang}
 srcs="csrc/kd.c csrc/kd_avx2.c csrc/annealing.c csrc/dts.c fuzz/fuzz_kd.c"
 # the extension's own math flags; no FMA contraction (dts.h's bitwise twin)
-skip=""; [ "$KDFUZZ_SKIP_KNOWN" = 1 ] && skip="-DKDFUZZ_SKIP_KNOWN"
-common="$skip ${KDFUZZ_CFLAGS:-} -std=c11 -Icsrc -g -fno-omit-frame-pointer -fno-math-errno -fno-trapping-math -ffp-contract=off -Wno-psabi"
+common="${KDFUZZ_CFLAGS:-} -std=c11 -Icsrc -g -fno-omit-frame-pointer -fno-math-errno -fno-trapping-math -ffp-contract=off -Wno-psabi"
 san="-fsanitize=address,undefined -fno-sanitize-recover=all"
 
 # clang (14) does not carry kd_avx2.c's `#pragma clang attribute push(target("avx2"))`

@@ -901,7 +901,7 @@ static int F(oracle_row)(const FT *z, const FT *v, int64_t C, int64_t y, double 
         for (int64_t j = 0; j < C; j++)
             zs += zz[j];
         const LD eps = p->label_smoothing;
-        ce = l1 - (1 - eps) * zz[y] - (eps != 0 ? eps / C * zs : 0);
+        ce = l1 - (eps != 1 ? (1 - eps) * zz[y] : 0) - (eps != 0 ? eps / C * zs : 0);
         if (g)
             for (int64_t j = 0; j < C; j++)
                 g[j] += p->ce_weight * (expl(zz[j] - l1) - (eps / C + (j == y ? 1 - eps : 0)));
@@ -1151,7 +1151,6 @@ static void F(fuzz_forward)(rd *r)
     int64_t exp_row = -1;
     int strict = 1, moderate = 1, benign = C <= BENIGN_C && n * C <= BENIGN_ELEMS;
     int any_ninf = 0;
-    int known = 0; /* a case of a reported, not yet fixed kernel bug (fuzz/README.md) */
     int64_t counted = 0;
     for (int64_t i = 0; i < n && exp_code == KD_OK; i++) {
         if (A.rows.labels && A.rows.labels[i * A.rows.labels_stride] == ignore)
@@ -1172,36 +1171,6 @@ static void F(fuzz_forward)(rd *r)
         moderate &= zi.moderate;
         any_ninf |= zi.has_ninf;
         benign &= zi.benign;
-        if (needs_labels && code == KD_OK) {
-            int64_t y = A.rows.labels[i * A.rows.labels_stride];
-            const FT *zr = z + i * A.zs, *vr = v ? v + i * A.vs : NULL;
-            /* bug C: label_smoothing 1 with a -inf target logit: 0 * -inf */
-            if (use_ce && p->label_smoothing == 1.0 && zr[y] == -INFINITY)
-                known = 1;
-            if (use_kd && dkd && C > 1) {
-                int s_nt = 0, t_nt = 0, ninf = 0;
-                for (int64_t j = 0; j < C; j++) {
-                    ninf |= zr[j] == -INFINITY || vr[j] == -INFINITY;
-                    if (j != y)
-                        s_nt |= zr[j] > -INFINITY, t_nt |= vr[j] > -INFINITY;
-                }
-                /* bug A: the non-target logits of one side all -inf */
-                if (!s_nt || !t_nt)
-                    known = 1;
-                /* bug B: a zero weight times an infinite TCKD/NCKD */
-                if (ninf && (p->alpha == 0 || p->beta == 0))
-                    known = 1;
-            }
-        }
-        if (v && use_kd && p->adaptive && !p->detach_temperature && code == KD_OK) {
-            /* bug F: ATKD's gradient through tS in a row whose KL is +inf (the
-             * teacher has mass where the student is -inf) is not shift
-             * invariant: sum_k g_k z_k over the finite z_k */
-            const FT *zr = z + i * A.zs, *vr = v + i * A.vs;
-            for (int64_t j = 0; j < C; j++)
-                if (zr[j] == -INFINITY && vr[j] > -INFINITY)
-                    known = 1;
-        }
         if (v) {
             F(rowinfo) vi = F(classify)(v + i * A.vs, C);
             if (code == KD_OK && use_kd)
@@ -1212,18 +1181,11 @@ static void F(fuzz_forward)(rd *r)
             if (use_kd)
                 strict &= vi.strict, moderate &= vi.moderate, benign &= vi.benign,
                     any_ninf |= vi.has_ninf;
-            /* bug E: ATKD with kd_weight 0 still takes the (unchecked) teacher's
-             * std for s = tS tT, and 0 * NaN is NaN */
-            if (!use_kd && p->adaptive && p->scale == KD_SCALE_T2 && !vi.strict)
-                known = 1;
             if (!use_kd && p->adaptive)
                 benign = 0;
         }
         if (!p->adaptive || !v) { /* adaptive without a teacher reads them too */
             double a = A.ts.t[i * A.ts.stride], b = A.tt.t[i * A.tt.stride];
-            /* bug E: kd_weight 0 still multiplies s = tS tT (inf for huge ones) */
-            if (!use_kd && p->scale == KD_SCALE_T2 && !isfinite(a * b))
-                known = 1;
             strict &= a >= STRICT_T_LO && a <= STRICT_T_HI && b >= STRICT_T_LO && b <= STRICT_T_HI;
             moderate &= a >= MOD_T_LO && a <= MOD_T_HI && b >= MOD_T_LO && b <= MOD_T_HI;
             benign &= a >= BENIGN_T_LO && a <= BENIGN_T_HI && b >= BENIGN_T_LO && b <= BENIGN_T_HI;
@@ -1250,10 +1212,6 @@ static void F(fuzz_forward)(rd *r)
     if (p->adaptive)
         strict &= p->base_temperature >= STRICT_B_LO && p->base_temperature <= STRICT_B_HI &&
                   p->std_eps >= STRICT_EPS_LO && p->std_eps <= STRICT_EPS_HI;
-#ifdef KDFUZZ_SKIP_KNOWN
-    if (known)
-        strict = 0;
-#endif
     moderate &= strict;
     /* weights 0 or in [1e-6, 1e3] (tinier ones underflow the float terms) */
 #define KF_W_OK(w) ((w) == 0 || (fabs(w) >= 1e-6 && fabs(w) <= 1e3))
@@ -1509,7 +1467,6 @@ done:
     free(g2a);
     free(zcopy);
     (void)counted;
-    (void)known;
 }
 
 /* ---- softmax / log_softmax --------------------------------------------------- */

@@ -15,7 +15,7 @@ shift || true
 out=fuzz/build
 # rebuild when the sources or the build settings changed since the last build
 stamp=$(cat csrc/*.c csrc/*.h fuzz/fuzz_kd.c fuzz/build.sh | sha1sum | cut -c1-40)
-stamp="$stamp skip=${KDFUZZ_SKIP_KNOWN:-1} cflags=${KDFUZZ_CFLAGS:-}"
+stamp="$stamp cflags=${KDFUZZ_CFLAGS:-}"
 if [ "${FUZZ_REBUILD:-0}" = 1 ] || [ ! -x "$out/fuzz_kd" ] || [ ! -x "$out/fuzz_kd_replay" ] ||
    [ "$(cat "$out/stamp" 2>/dev/null)" != "$stamp" ]; then
     fuzz/build.sh
