@@ -161,13 +161,16 @@ KD_VINLINE void kd_acc_add_v4d(kd_v4d *acc, kd_v4d x) { *acc += x; }
 KD_VINLINE void kd_acc_mul_v4d(kd_v4d *acc, kd_v4d x, kd_v4d y) { *acc += x * y; }
 KD_VINLINE double kd_acc_sum_v4d(kd_v4d acc) { return (acc[0] + acc[1]) + (acc[2] + acc[3]); }
 
-/* kd_exp_f32, eight lanes */
+/* kd_exp_f32, eight lanes, for x <= 0 (or NaN): every vector exp in the
+ * kernels is of (x - row max) / t, so the overflow clamp of the scalar
+ * function is left out (two selects of about thirty operations); for those
+ * arguments the bits are the scalar function's. */
 KD_VINLINE kd_v8f kd_exp_v8f(kd_v8f x)
 {
-    const kd_v8f zero = {0}, lo = zero - 87.33654f, hi = zero + 88.37626f;
+    const kd_v8f zero = {0}, lo = zero - 87.33654f;
     const kd_v8f shifter = zero + 12582912.0f;
-    kd_v8f xc = kd_sel_v8f(x < lo, lo, x);
-    xc = kd_sel_v8f(xc > hi, hi, xc);
+    const kd_v8i under = x < lo;
+    kd_v8f xc = kd_sel_v8f(under, lo, x);
     kd_v8f t = xc * 1.44269504088896341f + shifter;
     kd_v8f n = t - shifter;
     kd_v8f r = xc - n * 0.693359375f;
@@ -181,17 +184,16 @@ KD_VINLINE kd_v8f kd_exp_v8f(kd_v8f x)
     kd_v8f y = p * r * r + r + 1.0f;
     kd_v8i bits = (kd_v8i)((kd_v8u)((kd_v8i)t - (kd_v8i)shifter + 127) << 23);
     y = y * (kd_v8f)bits;
-    y = kd_sel_v8f(x < lo, zero, y);
-    return kd_sel_v8f(x > hi, zero + INFINITY, y);
+    return (kd_v8f)((kd_v8i)y & ~under); /* 0 below the range, -inf included */
 }
 
-/* kd_exp_f64, four lanes */
+/* kd_exp_f64, four lanes, for x <= 0 (or NaN), as kd_exp_v8f */
 KD_VINLINE kd_v4d kd_exp_v4d(kd_v4d x)
 {
-    const kd_v4d zero = {0}, lo = zero - 708.3964185322641, hi = zero + 709.0;
+    const kd_v4d zero = {0}, lo = zero - 708.3964185322641;
     const kd_v4d shifter = zero + 6755399441055744.0;
-    kd_v4d xc = kd_sel_v4d(x < lo, lo, x);
-    xc = kd_sel_v4d(xc > hi, hi, xc);
+    const kd_v4l under = x < lo;
+    kd_v4d xc = kd_sel_v4d(under, lo, x);
     kd_v4d t = xc * 1.4426950408889634074 + shifter;
     kd_v4d n = t - shifter;
     kd_v4d r = xc - n * 6.93147180369123816490e-01;
@@ -211,8 +213,7 @@ KD_VINLINE kd_v4d kd_exp_v4d(kd_v4d x)
     kd_v4d y = p * r * r + r + 1.0;
     kd_v4l bits = (kd_v4l)((kd_v4ul)((kd_v4l)t - (kd_v4l)shifter + 1023) << 52);
     y = y * (kd_v4d)bits;
-    y = kd_sel_v4d(x < lo, zero, y);
-    return kd_sel_v4d(x > hi, zero + INFINITY, y);
+    return (kd_v4d)((kd_v4l)y & ~under);
 }
 
 /* log(x) for x > 0, four double lanes: x = m 2^e, m in [sqrt(1/2), sqrt(2)), and
