@@ -143,7 +143,6 @@ def test_demo_quick(tmp_path):
     assert (out / "results.txt").read_text().startswith("Teacher MLP")
     if HAVE_MPL:
         assert (out / "demo.png").read_bytes()[:8] == PNG_MAGIC
-    assert res["seconds"] < 120
 
 
 @pytest.mark.skipif(not DEMO_DEPS, reason="the demo needs torch and scikit-learn")

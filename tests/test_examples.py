@@ -1,11 +1,14 @@
-"""The examples run: every script in ``examples/`` as a subprocess, and the
+"""The examples run: every script in ``examples/`` as a subprocess, the
 notebook executed cell by cell with nbclient (in a subprocess too, so that the
-Jupyter machinery's own warnings stay out of this test session)."""
+Jupyter machinery's own warnings stay out of this test session), and the
+README's code blocks marked ``<!-- test: NAME -->`` (so the README cannot drift)."""
 from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
 EXAMPLES = ROOT / "examples"
 SCRIPTS = sorted(EXAMPLES.glob("*.py"))
 NOTEBOOKS = sorted(EXAMPLES.glob("*.ipynb"))
@@ -53,6 +57,30 @@ def test_numpy_example_loss_goes_down(tmp_path):
               for ln in r.stdout.splitlines() if "train loss" in ln]
     assert len(losses) >= 10 and losses[-1] < 0.5 * losses[0]
     assert "ok: the loss went down" in r.stdout
+
+
+def readme_block(name):
+    """The fenced code block right after ``<!-- test: NAME ... -->`` in README.md."""
+    text = README.read_text(encoding="utf-8")
+    found = re.findall(r"<!-- test: " + re.escape(name) + r"\b[^>]*-->\s*\n"
+                       r"```[a-z]*\n(.*?)^```", text, flags=re.S | re.M)
+    assert len(found) == 1, f"README.md has {len(found)} blocks marked test: {name}"
+    return found[0]
+
+
+@pytest.mark.skipif(not have("torch"), reason="the README's PyTorch loop needs torch")
+def test_readme_torch_training_loop_runs(tmp_path):
+    """The PyTorch section's training loop is complete: it runs as it stands."""
+    code = readme_block("torch-loop")
+    assert "kt.KDLoss(scheduler=dts" in code and "dts.update(epoch" in code
+    r = subprocess.run([sys.executable, "-W", "error", "-c", code], cwd=tmp_path, env=env(),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    epochs = re.findall(r"^epoch (\d+): loss (\S+)  T (\S+)$", r.stdout, flags=re.M)
+    assert [int(e) for e, _, _ in epochs] == [1, 2, 3, 4, 5], r.stdout
+    for _, loss, temperature in epochs:
+        assert math.isfinite(float(loss)) and float(loss) >= 0.0
+        assert 2.0 <= float(temperature) <= 4.0  # DTS stays within [min, max]
 
 
 RUN_NOTEBOOK = r"""

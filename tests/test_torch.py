@@ -424,7 +424,7 @@ def test_ctkd_trains_the_temperature():
     with torch.no_grad():
         v = teacher(x) * 3
     start = float(temp(0.0).detach())
-    seen = []
+    ascents = 0
     for epoch in range(1, 7):
         lam = decay.get_value(epoch)
         z = student(x)
@@ -439,12 +439,23 @@ def test_ctkd_trains_the_temperature():
                                 + temp.t_end * torch.sigmoid(p))
         (d,) = torch.autograd.grad(direct, p)
         close(temp.global_t.grad, lam * d)
-        seen.append((lam, float(d)))
+        p_before, t_before = temp.global_t.detach().clone(), t.detach()
         opt.step()
+        step = float(temp.global_t.detach() - p_before)
+        t_after = temp(0.0).detach()
+        if lam < 0:
+            # the reversal made SGD climb: the parameter moved along +d, not -d ...
+            assert step * float(d) > 0, (epoch, lam, step, float(d))
+            # ... so T moved up the loss: on this step's student logits, the loss is
+            # higher at the new temperature than at the old one
+            with torch.no_grad(), _autograd.use_backend("reference"):
+                at_before = kt.kd_loss(z.detach(), v, temperature=t_before)
+                at_after = kt.kd_loss(z.detach(), v, temperature=t_after)
+            assert at_after > at_before, (epoch, float(at_before), float(at_after))
+            ascents += 1
     end = float(temp(0.0).detach())
     assert end != start
-    # lambda < 0 moved T up the loss: the parameter went along +d (ascent)
-    assert any(lam < 0 for lam, _ in seen)
+    assert ascents == 6  # every epoch here has lambda < 0: six checked ascents
 
 
 # --------------------------------------------------------------------------------
