@@ -25,6 +25,7 @@
 #endif
 
 #include "annealing.h"
+#include "ce_pair.h"
 #include "dts.h"
 #include "kd.h"
 #include "kd_isa.h"
@@ -983,6 +984,80 @@ fail:
 
 /* ---- DTS ----------------------------------------------------------------- */
 
+/* Both cross-entropy sums of DTS.update_from_logits, one kernel call. */
+static PyObject *py_ce_pair(PyObject *self, PyObject *args, PyObject *kw)
+{
+    (void)self;
+    static char *kwlist[] = {"student", "teacher", "labels", "mask", "ignore_index",
+                             "check_finite", "n_threads", NULL};
+    PyObject *z_o, *v_o, *labels_o, *mask_o;
+    long long ignore_index;
+    int check_finite, n_threads;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOLpi", kwlist, &z_o, &v_o, &labels_o,
+                                     &mask_o, &ignore_index, &check_finite, &n_threads))
+        return NULL;
+    PyArrayObject *z = NULL, *v = NULL, *labels = NULL, *mask = NULL;
+    PyObject *result = NULL;
+    double *row_ce = NULL;
+    kd_rows rows;
+    if (check_threads(&n_threads) < 0)
+        goto fail;
+    if (!(z = as_rows(z_o, "student")) || !(v = as_rows(v_o, "teacher")))
+        goto fail;
+    if (PyArray_TYPE(v) != PyArray_TYPE(z)) {
+        PyErr_SetString(PyExc_TypeError, "`teacher` and `student` must have the same dtype");
+        goto fail;
+    }
+    const npy_intp N = PyArray_DIM(z, 0), Cs = PyArray_DIM(z, 1), Ct = PyArray_DIM(v, 1);
+    if (Cs == 0 || Ct == 0) {
+        PyErr_Format(PyExc_ValueError, "`%s` must have at least one class (C = 0)",
+                     Cs == 0 ? "student" : "teacher");
+        goto fail;
+    }
+    if (PyArray_DIM(v, 0) != N) {
+        PyErr_Format(PyExc_ValueError, "`teacher` has %zd rows but `student` has %zd",
+                     (Py_ssize_t)PyArray_DIM(v, 0), (Py_ssize_t)N);
+        goto fail;
+    }
+    if (labels_o == Py_None) {
+        PyErr_SetString(PyExc_ValueError, "`labels` are required");
+        goto fail;
+    }
+    if (parse_rows(labels_o, mask_o, ignore_index, N, &labels, &mask, &rows) < 0)
+        goto fail;
+    if (!(row_ce = (double *)PyMem_Malloc(sizeof(double) * 2 * (size_t)(N > 0 ? N : 1)))) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    kd_status st = {KD_OK, -1};
+    double s_sum = 0.0, t_sum = 0.0;
+    int64_t count = 0;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    if (PyArray_TYPE(z) == NPY_FLOAT32)
+        rc = kd_ce_pair_f32(N, Cs, PyArray_DATA(z), row_stride(z), Ct, PyArray_DATA(v),
+                            row_stride(v), &rows, check_finite, row_ce, &s_sum, &t_sum,
+                            &count, n_threads, &st);
+    else
+        rc = kd_ce_pair_f64(N, Cs, PyArray_DATA(z), row_stride(z), Ct, PyArray_DATA(v),
+                            row_stride(v), &rows, check_finite, row_ce, &s_sum, &t_sum,
+                            &count, n_threads, &st);
+    Py_END_ALLOW_THREADS
+    if (rc != KD_OK) {
+        raise_status(&st, "student", "teacher", rows.labels, rows.labels_stride,
+                     (int64_t)ignore_index, Cs < Ct ? Cs : Ct);
+        goto fail;
+    }
+    result = Py_BuildValue("ddL", t_sum, s_sum, (long long)count);
+fail:
+    Py_XDECREF(z);
+    Py_XDECREF(v);
+    Py_XDECREF(labels);
+    Py_XDECREF(mask);
+    PyMem_Free(row_ce);
+    return result;
+}
+
 static PyObject *py_dts_update(PyObject *self, PyObject *args)
 {
     (void)self;
@@ -1072,6 +1147,10 @@ static PyMethodDef methods[] = {
      "Per-row statistics of logits at a temperature (see kdtemp.row_stats)."},
     {"profile", (PyCFunction)(void (*)(void))py_profile, METH_VARARGS | METH_KEYWORDS,
      "Per-row temperature-profile values (see kdtemp.temperature_profile)."},
+    {"ce_pair", (PyCFunction)(void (*)(void))py_ce_pair, METH_VARARGS | METH_KEYWORDS,
+     "ce_pair(student, teacher, labels, mask, ignore_index, check_finite, n_threads) -> "
+     "(teacher_ce_sum, student_ce_sum, count): both CEs at t = 1 in one pass "
+     "(see kdtemp.dts.ce_pair)."},
     {"dts_update", py_dts_update, METH_VARARGS,
      "dts_update(params, temperature, epoch, teacher_ce, student_ce) -> (T, target)"},
     {"isa", py_isa, METH_NOARGS, "The kernels' instruction set: 'avx2' or 'baseline'."},

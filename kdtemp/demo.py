@@ -340,7 +340,9 @@ def _train_student(method: str, seed: int, teacher_train, data, cfg: Config, tra
     if method == "annealing":
         # phase 1: regression on Phi(T) * v, T from tau_max down to 1; phase 2: CE
         p1 = E // 2
-        sch = kdtemp.AnnealingSchedule(min(10, p1), phase1_epochs=p1, phase2_epochs=E - p1)
+        # the authors' tau_max = 10 (with fewer phase-1 epochs the schedule spreads
+        # its steps over them)
+        sch = kdtemp.AnnealingSchedule(10, phase1_epochs=p1, phase2_epochs=E - p1)
         if trace:
             tr.annealing_phi = [sch.phi(e) for e in range(sch.total_epochs)]
             tr.annealing_T = [sch.temperature(e) for e in range(sch.total_epochs)]

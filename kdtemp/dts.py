@@ -1,9 +1,12 @@
 """DTS: the Dynamic Temperature Scheduler (shared/spec/dts.md).
 
 The update rule runs in C (``csrc/dts.c``, bound as ``kdtemp._kdtemp.dts_update``);
-its pure-Python twin is :func:`kdtemp.reference.dts.dts_update`. This module adds
-the state around it: argument checking, sums and counts with an optional
-all-reduce for data-parallel training, the history, and ``state_dict``.
+its pure-Python twin is :func:`kdtemp.reference.dts.dts_update`. The batch
+statistics of :meth:`DTS.update_from_logits` come from one fused kernel,
+:func:`ce_pair` (``csrc/ce_pair.c``, bound as ``kdtemp._kdtemp.ce_pair``; twin
+:func:`kdtemp.reference.dts.ce_pair`). This module adds the state around them:
+argument checking, sums and counts with an optional all-reduce for
+data-parallel training, the history, and ``state_dict``.
 """
 from __future__ import annotations
 
@@ -14,7 +17,9 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 
-__all__ = ["DTS"]
+from ._args import as_rows, labels_rows, mask_rows
+
+__all__ = ["DTS", "ce_pair"]
 
 _DTS_UPDATE: Optional[Callable[..., Tuple[float, float]]] = None
 
@@ -110,6 +115,90 @@ def _check_config(
     config["scale_cap"] = _positive(scale_cap, "scale_cap")
     config["gap_eps"] = _nonnegative(gap_eps, "gap_eps")
     return config
+
+
+# ---------------------------------------------------------------------------
+# the batch statistics: both cross-entropies in one kernel call
+
+def ce_pair(
+    student: Any,
+    teacher: Any,
+    labels: Any,
+    *,
+    ignore_index: int = -100,
+    mask: Any = None,
+    check_finite: bool = True,
+    n_threads: Optional[int] = None,
+) -> Tuple[float, float, int]:
+    r"""Summed cross-entropies of the teacher and the student against the labels,
+    at temperature 1, from one fused C pass (what :meth:`DTS.update_from_logits`
+    measures).
+
+    .. math::
+
+        \mathrm{ce}_i(x) = \operatorname{lse}(x_i) - x_{i, y_i}, \qquad
+        \text{returns } \Big(\sum_{i \in R} \mathrm{ce}_i(v),\
+                               \sum_{i \in R} \mathrm{ce}_i(z),\ |R|\Big)
+
+    over the rows :math:`R` that count (``labels[i] != ignore_index`` and
+    ``mask[i]``). One kernel call reads each row of ``student`` and ``teacher``
+    once, in the same parallel pass; the per-row values are summed in row order,
+    so the result is bitwise the same for any thread count, and each sum matches
+    ``kdtemp.ce_loss(x, labels, reduction="sum", compute_grad=False)`` (the same
+    per-row arithmetic). The GIL is released while it runs.
+
+    Parameters
+    ----------
+    student, teacher : ndarray, shape (..., C)
+        Logits, float32 or float64. Leading axes are flattened to rows; the two
+        need the same number of rows (``labels`` must fit both) and may differ in
+        their number of classes. Of mixed dtypes the float32 one is converted to
+        float64 (one copy); other layouts as :func:`kdtemp.ce_loss`.
+    labels : ndarray of int, shape (...) or (N,)
+        True labels, in ``[0, C)`` (the smaller C) or ``ignore_index``.
+    ignore_index : int, default -100
+        Label value of rows to skip.
+    mask : ndarray of bool, shape (...) or (N,), optional
+        Rows to count (``False`` skips).
+    check_finite : bool, default True
+        Reject NaN or +inf in a counted row (``-inf`` entries are allowed).
+    n_threads : int, optional
+        Threads (None: OpenMP's default).
+
+    Returns
+    -------
+    (teacher_ce_sum, student_ce_sum, count) : (float, float, int)
+        The order :meth:`DTS.update` and ``all_reduce`` use.
+
+    Raises
+    ------
+    TypeError
+        A non-float array, non-integer labels, a non-bool mask.
+    ValueError
+        Bad shapes; ``labels`` missing or out of range in a counted row; NaN or
+        +inf (with ``check_finite``) or an all ``-inf`` counted row, naming
+        ``student`` or ``teacher`` and the row. Reported in the order of two
+        ``ce_loss`` calls, student first: labels, then the student's rows,
+        then the teacher's.
+    """
+    from . import _kdtemp
+    from ._threads import _resolve
+
+    _, z, lead_s = as_rows(student, "student")
+    _, v, lead_t = as_rows(teacher, "teacher")
+    n_s, n_t = z.shape[0], v.shape[0]
+    y = labels_rows(labels, lead_s, n_s)
+    if y is None:
+        raise ValueError("`labels` are required")
+    labels_rows(labels, lead_t, n_t)  # the same labels must fit the teacher's rows
+    m = mask_rows(mask, lead_s, n_s)
+    mask_rows(mask, lead_t, n_t)
+    if z.dtype != v.dtype:  # float32 and float64: compute both in float64 (exact)
+        z = z.astype(np.float64)
+        v = v.astype(np.float64)
+    t_sum, s_sum, count = _kdtemp.ce_pair(z, v, y, m, int(ignore_index),
+                                          bool(check_finite), _resolve(n_threads))
+    return t_sum, s_sum, count
 
 
 class DTS:
@@ -477,9 +566,12 @@ class DTS:
 
         :math:`\mathrm{ce}_S = \frac1n \sum_i -\log \operatorname{softmax}(z_i)_{y_i}`
         and likewise :math:`\mathrm{ce}_T` with the teacher logits :math:`v`, over
-        the :math:`n` rows not skipped by ``ignore_index`` or ``mask``. The sums
-        come from :func:`kdtemp.ce_loss` (``reduction="sum"``, no gradient) and go
-        to :meth:`update` as sums and a count, so ``all_reduce`` gets the global
+        the :math:`n` rows not skipped by ``ignore_index`` or ``mask``. Both sums
+        and the count come from one fused C pass over the two arrays
+        (:func:`ce_pair`: each row of ``student`` and ``teacher`` is read once;
+        the values equal two :func:`kdtemp.ce_loss` calls with
+        ``reduction="sum"``, bitwise the same for any thread count) and go to
+        :meth:`update` as sums and a count, so ``all_reduce`` gets the global
         batch.
 
         Parameters
@@ -487,13 +579,14 @@ class DTS:
         epoch : float
             As in :meth:`update`.
         student, teacher : ndarray, shape (N, C)
-            Logits (float32 or float64), as accepted by :func:`kdtemp.ce_loss`.
+            Logits (float32 or float64), as accepted by :func:`kdtemp.ce_loss`
+            (the same number of rows; see :func:`ce_pair`).
         labels : ndarray of int, shape (N,)
             True labels.
         ignore_index : int, default -100
             Label value of rows to skip.
         n_threads : int, optional
-            Threads for the cross-entropy kernels (None: OpenMP's default).
+            Threads for the cross-entropy kernel (None: OpenMP's default).
         mask : ndarray of bool, shape (N,), optional, keyword-only
             Rows to count (``False`` skips).
 
@@ -506,21 +599,13 @@ class DTS:
         Raises
         ------
         TypeError, ValueError
-            As :func:`kdtemp.ce_loss` (bad shapes, dtypes, labels, non-finite
-            logits) and :meth:`update`.
+            As :func:`ce_pair` (bad shapes, dtypes, labels, non-finite logits,
+            naming ``student``, ``teacher`` or ``labels``) and :meth:`update`.
         """
         e = _nonnegative(epoch, "epoch")
-        from .kd import ce_loss
-
-        kwargs = dict(reduction="sum", compute_grad=False, ignore_index=ignore_index,
-                      mask=mask, n_threads=n_threads)
-        s = ce_loss(student, labels, **kwargs)
-        t = ce_loss(teacher, labels, **kwargs)
-        if int(s.count) != int(t.count):  # same labels and mask: cannot differ
-            raise RuntimeError(
-                f"student and teacher counted {s.count} and {t.count} rows")
-        return self.update(e, teacher_ce_sum=t.loss, student_ce_sum=s.loss,
-                           count=s.count)
+        t_sum, s_sum, count = ce_pair(student, teacher, labels, ignore_index=ignore_index,
+                                      mask=mask, n_threads=n_threads)
+        return self.update(e, teacher_ce_sum=t_sum, student_ce_sum=s_sum, count=count)
 
     # -- persistence -----------------------------------------------------------
 

@@ -214,8 +214,10 @@ class CosineTemperature(_TemperatureSchedule):
                \tfrac12 \left(1 + \cos(\pi \min(e / E, 1))\right)
 
     :math:`T(0) = T_{start}` and :math:`T(e) = T_{end}` exactly for
-    :math:`e \ge E`. (DTS with ``adaptive=False``, ``momentum=0`` and a clamp
-    that does not bite is the special case ``end = 0``.)
+    :math:`e \ge E`. (DTS with ``adaptive=False``, ``momentum=0`` and
+    ``curve_shape=1`` follows the same curve with :math:`T_{end} = 0`, clamped to
+    :math:`[T_{min}, T_{max}]`, for :math:`e \le E`. ``end`` must be > 0 here, so
+    this class is not that limit: for it, use :class:`kdtemp.DTS`.)
 
     Parameters
     ----------
@@ -369,7 +371,7 @@ class AnnealingSchedule:
     shared/spec/annealing.md). Epochs are counted from 0.
 
     Phase 1 (epochs ``0 .. phase1_epochs - 1``) regresses the student's logits on
-    :math:`\Phi(T) v` with
+    :math:`\Phi(T) v` with (for ``phase1_epochs >= max_temperature``)
 
     .. math::
 
@@ -390,9 +392,29 @@ class AnnealingSchedule:
     final stage (T = 1, :math:`\Phi = 1`), which therefore lasts
     :math:`k + (\mathrm{phase1\_epochs} \bmod \tau_{max})` epochs; every other
     stage lasts :math:`k` epochs, exactly as in the authors' code. With a multiple
-    (e.g. the defaults) the schedule is identical to theirs. In every case
-    :math:`\Phi \le 1`, :math:`\Phi` is non-decreasing, and :math:`\Phi = 1`
-    exactly in the last phase-1 epoch.
+    (e.g. the defaults) the schedule is identical to theirs.
+
+    **Fewer phase-1 epochs than temperatures** (``phase1_epochs < max_temperature``,
+    where the authors' :math:`k = 0` would divide by zero). The
+    :math:`\tau_{max} - 1` steps of :math:`T'` are spread evenly over the
+    ``phase1_epochs - 1`` epoch boundaries, rounding down:
+
+    .. math::
+
+        T'(e) = 1 + \left\lfloor \frac{e\,(\tau_{max} - 1)}
+                                       {\mathrm{phase1\_epochs} - 1} \right\rfloor
+
+    so phase 1 still starts at :math:`T = \tau_{max}` and ends at :math:`T = 1`,
+    :math:`\Phi = 1`, and :math:`T` drops by at least 1 every epoch (some values
+    are skipped). E.g. ``AnnealingSchedule(10, phase1_epochs=4, ...)`` uses
+    T = 10, 7, 4, 1 (:math:`\Phi` = 0.1, 0.4, 0.7, 1.0), and ``phase1_epochs=6``
+    T = 10, 9, 7, 5, 3, 1. At ``phase1_epochs == max_temperature`` this is the
+    rule above (one epoch per temperature). A single phase-1 epoch cannot both
+    start at :math:`\tau_{max}` and end at 1: it is the last one, T = 1,
+    :math:`\Phi = 1`.
+
+    In every case :math:`\Phi \le 1`, :math:`\Phi` is non-decreasing, and
+    :math:`\Phi = 1` exactly in the last phase-1 epoch.
 
     Phase 2 (epochs ``phase1_epochs .. phase1_epochs + phase2_epochs - 1``) trains
     on the hard labels; it has no temperature, and :meth:`temperature` and
@@ -404,8 +426,8 @@ class AnnealingSchedule:
         :math:`\tau_{max}` >= 1. The authors: 10 for CIFAR (200 + 200 epochs), 7 for
         GLUE (14 + 4 epochs).
     phase1_epochs : int
-        Epochs of phase 1, >= ``max_temperature`` (so that every stage has at least
-        one epoch). Keyword-only.
+        Epochs of phase 1, >= 1 (fewer than ``max_temperature`` skips temperatures,
+        see above). Keyword-only.
     phase2_epochs : int
         Epochs of phase 2, >= 0. Keyword-only.
 
@@ -414,8 +436,7 @@ class AnnealingSchedule:
     TypeError
         An argument that is not an int.
     ValueError
-        ``max_temperature < 1``, ``phase1_epochs < max_temperature``,
-        ``phase2_epochs < 0``.
+        ``max_temperature < 1``, ``phase1_epochs < 1``, ``phase2_epochs < 0``.
     """
 
     def __init__(self, max_temperature: int = 10, *, phase1_epochs: int,
@@ -424,9 +445,8 @@ class AnnealingSchedule:
         if tau < 1:
             raise ValueError(f"`max_temperature` must be >= 1, got {tau!r}")
         p1 = _integer(phase1_epochs, "phase1_epochs")
-        if p1 < tau:
-            raise ValueError(
-                f"`phase1_epochs` must be >= `max_temperature` ({tau}), got {p1!r}")
+        if p1 < 1:
+            raise ValueError(f"`phase1_epochs` must be >= 1, got {p1!r}")
         p2 = _integer(phase2_epochs, "phase2_epochs")
         if p2 < 0:
             raise ValueError(f"`phase2_epochs` must be >= 0, got {p2!r}")
@@ -458,7 +478,8 @@ class AnnealingSchedule:
     def stage_epochs(self) -> int:
         r""":math:`k = \lfloor \mathrm{phase1\_epochs} / \tau_{max} \rfloor`, the
         epochs spent at each temperature (the last stage also gets the
-        remainder)."""
+        remainder); 0 when ``phase1_epochs < max_temperature`` (then an epoch
+        covers one or more temperature steps)."""
         return self._p1 // self._tau
 
     def _epoch(self, epoch: Any) -> int:
@@ -482,7 +503,12 @@ class AnnealingSchedule:
         e = self._epoch(epoch)
         if e >= self._p1:
             return self._tau
-        return min(1 + e // self.stage_epochs, self._tau)
+        if self._p1 >= self._tau:  # the authors' stepping, capped
+            return min(1 + e // self.stage_epochs, self._tau)
+        if self._p1 == 1:  # the only phase-1 epoch is the last one
+            return self._tau
+        # fewer epochs than temperatures: the tau - 1 steps spread over p1 - 1
+        return 1 + (e * (self._tau - 1)) // (self._p1 - 1)
 
     def temperature(self, epoch: int) -> int:
         r"""The integer temperature :math:`T = \tau_{max} + 1 - T'(e)` in phase 1

@@ -369,6 +369,10 @@ add("DTS.update", "all_reduce returning NaN", ValueError, "all_reduce",
     lambda: _dts(all_reduce=lambda a: a * np.nan).update(1, 1.0, 2.0))
 add("DTS.update_from_logits", "labels out of range", ValueError, "labels",
     lambda: _dts().update_from_logits(1, z(), v(), with_(labels(), 0, C)))
+add("DTS.update_from_logits", "NaN in teacher", ValueError, "teacher",
+    lambda: _dts().update_from_logits(1, z(), with_(v(), (2, 1), np.nan), labels()))
+add("DTS.update_from_logits", "teacher with fewer rows", ValueError, "labels",
+    lambda: _dts().update_from_logits(1, z(), v(shape=(N - 1, C)), labels()))
 add("DTS.load_state_dict", "a list", TypeError, "state_dict",
     lambda: _dts().load_state_dict([]))
 add("DTS.load_state_dict", "no 'temperature' entry", ValueError, "temperature",
@@ -400,6 +404,8 @@ add("AnnealingSchedule", "max_temperature=0", ValueError, "max_temperature",
     lambda: kdtemp.AnnealingSchedule(0, phase1_epochs=10, phase2_epochs=5))
 add("AnnealingSchedule", "phase1_epochs=2.5", TypeError, "phase1_epochs",
     lambda: kdtemp.AnnealingSchedule(10, phase1_epochs=2.5, phase2_epochs=5))
+add("AnnealingSchedule", "phase1_epochs=0", ValueError, "phase1_epochs",
+    lambda: kdtemp.AnnealingSchedule(10, phase1_epochs=0, phase2_epochs=5))
 add("AnnealingSchedule.phi", "epoch=-1", ValueError, "epoch",
     lambda: kdtemp.AnnealingSchedule(10, phase1_epochs=10, phase2_epochs=5).phi(-1))
 

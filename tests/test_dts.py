@@ -4,6 +4,7 @@ import json
 import math
 import pickle
 import random
+import re
 import struct
 import threading
 
@@ -12,7 +13,8 @@ import pytest
 
 import kdtemp
 from kdtemp import _kdtemp
-from kdtemp.dts import DTS
+from kdtemp.dts import DTS, ce_pair
+from kdtemp.reference.dts import ce_pair as ref_ce_pair
 from kdtemp.reference.dts import dts_update as ref_update
 
 DEFAULTS = dict(initial_temperature=4.0, min_temperature=2.0, max_temperature=4.0,
@@ -500,24 +502,252 @@ def test_update_from_logits_ignore_index_and_all_ignored():
 
 
 def test_update_from_logits_passes_sums_to_all_reduce(monkeypatch):
-    import kdtemp.kd as kd
-    from kdtemp._types import LossResult
+    seen = []
 
-    seen = {}
+    def fake_ce_pair(student, teacher, labels, mask, ignore_index, check_finite, n_threads):
+        seen.append((ignore_index, check_finite, n_threads, mask))
+        return float(np.sum(teacher)), float(np.sum(student)), 4
 
-    def fake_ce_loss(logits, labels, **kw):
-        seen.setdefault("kw", []).append(kw)
-        return LossResult(float(np.sum(logits)), None, 4)
-
-    monkeypatch.setattr(kd, "ce_loss", fake_ce_loss)
+    monkeypatch.setattr(_kdtemp, "ce_pair", fake_ce_pair)
     reduced = []
     dts = DTS(total_epochs=10, all_reduce=lambda a: (reduced.append(a.copy()), a)[1])
     dts.update_from_logits(1, np.full((4, 2), 1.0), np.full((4, 2), 0.5),
                            np.zeros(4, dtype=np.int64), n_threads=2)
     assert reduced[0].tolist() == [4.0, 8.0, 4.0]  # teacher sum, student sum, count
-    for kw in seen["kw"]:
-        assert kw["reduction"] == "sum" and kw["compute_grad"] is False
-        assert kw["ignore_index"] == -100 and kw["n_threads"] == 2
+    assert seen == [(-100, True, 2, None)]
+
+
+# ---------------------------------------------------------------------------
+# the fused statistics kernel (kdtemp.dts.ce_pair, csrc/ce_pair.c)
+
+def _two_ce_loss(student, teacher, labels, **kw):
+    """What update_from_logits computed before the fused kernel: two ce_loss calls."""
+    kw = dict(kw, reduction="sum", compute_grad=False)
+    s = kdtemp.ce_loss(student, labels, **kw)
+    t = kdtemp.ce_loss(teacher, labels, **kw)
+    assert s.count == t.count
+    return t.loss, s.loss, s.count
+
+
+def _pair_inputs(shape, dtype, seed=0):
+    """Logits with -inf entries (every 5th class, never a label), ~20% ignored rows."""
+    rng = np.random.default_rng(seed)
+    n, c = shape
+    student = (rng.normal(size=shape) * 3).astype(dtype)
+    teacher = (rng.normal(size=shape) * 3 + 1).astype(dtype)
+    student[:, ::5] = -np.inf
+    teacher[:, 1::5] = -np.inf
+    labels = 5 * rng.integers(0, max(1, (c - 3) // 5), size=n) + 2
+    labels[labels >= c] = c - 1
+    labels[rng.random(n) < 0.2] = -100
+    return student, teacher, labels
+
+
+TOL = {np.dtype(np.float64): 1e-12, np.dtype(np.float32): 1e-6}
+
+
+@pytest.mark.parametrize("shape", [(1, 3), (37, 11), (129, 1001), (3, 20011)],
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_ce_pair_equals_two_ce_loss_calls(shape, dtype):
+    student, teacher, labels = _pair_inputs(shape, dtype)
+    labels[0] = shape[1] - 1  # at least one counted row
+    mask = np.arange(shape[0]) % 7 != 3
+    tol = TOL[np.dtype(dtype)]
+    other = np.where(labels == -100, 7777, labels)  # another ignore_index
+    for y, kw in ((labels, {}), (labels, {"mask": mask}), (other, {"ignore_index": 7777})):
+        got = ce_pair(student, teacher, y, **kw)
+        want = _two_ce_loss(student, teacher, y, **kw)
+        assert type(got[0]) is float and type(got[1]) is float and type(got[2]) is int
+        assert got[2] == want[2]
+        assert got[0] == pytest.approx(want[0], rel=tol, abs=1e-300)
+        assert got[1] == pytest.approx(want[1], rel=tol, abs=1e-300)
+        # the NumPy twin, written from the formula in float64
+        twin = ref_ce_pair(student, teacher, y, **kw)
+        assert twin[2] == got[2]
+        assert got[0] == pytest.approx(twin[0], rel=tol, abs=1e-300)
+        assert got[1] == pytest.approx(twin[1], rel=tol, abs=1e-300)
+
+
+def test_ce_pair_token_shaped_and_strided():
+    """(B, L, V) logits with (B, L) labels, and non-contiguous views, as ce_loss."""
+    rng = np.random.default_rng(3)
+    student = rng.normal(size=(2, 5, 17))
+    teacher = rng.normal(size=(2, 5, 17))
+    labels = rng.integers(0, 17, size=(2, 5))
+    labels[1, 2] = -100
+    got = ce_pair(student, teacher, labels)
+    assert got[2] == 9
+    want = _two_ce_loss(student, teacher, labels)
+    assert got == pytest.approx(want, rel=1e-12)
+    wide = rng.normal(size=(10, 40))
+    got = ce_pair(wide[:, ::2], wide[:, 1::2][:, :17], labels.reshape(-1))
+    want = _two_ce_loss(wide[:, ::2], wide[:, 1::2][:, :17], labels.reshape(-1))
+    assert got == pytest.approx(want, rel=1e-12)
+
+
+def test_ce_pair_different_class_counts_and_dtypes():
+    rng = np.random.default_rng(4)
+    student, teacher = rng.normal(size=(9, 7)), rng.normal(size=(9, 12))
+    labels = rng.integers(0, 7, size=9)
+    assert ce_pair(student, teacher, labels) == pytest.approx(
+        _two_ce_loss(student, teacher, labels), rel=1e-12)
+    # mixed dtypes: both in float64 (the float32 values converted exactly)
+    t32 = teacher.astype(np.float32)
+    got = ce_pair(student, t32, labels)
+    want = _two_ce_loss(student, t32.astype(np.float64), labels)
+    assert got == want
+
+
+def test_ce_pair_edge_rows():
+    # all rows skipped, an empty batch: zero sums and count
+    z = np.zeros((3, 4))
+    assert ce_pair(z, z, np.full(3, -100)) == (0.0, 0.0, 0)
+    assert ce_pair(np.zeros((0, 4)), np.zeros((0, 4)), np.zeros(0, np.int64)) == (0.0, 0.0, 0)
+    # uniform rows: log C each
+    t, s, n = ce_pair(z, z, np.arange(3))
+    assert n == 3 and s == t == pytest.approx(3 * math.log(4), rel=1e-15)
+    # an all -inf row that is skipped is never read
+    v = np.zeros((3, 4))
+    v[1] = -np.inf
+    labels = np.array([0, -100, 2])
+    assert ce_pair(z, v, labels)[2] == 2
+    assert ce_pair(z, v, np.arange(3), mask=np.array([True, False, True]))[2] == 2
+    # a label on a -inf logit: an infinite CE (update then rejects the sum)
+    v[0, 0] = -np.inf
+    t, s, n = ce_pair(z, v, labels)
+    assert t == math.inf and math.isfinite(s) and n == 2
+    with pytest.raises(ValueError, match="teacher_ce_sum"):
+        DTS(total_epochs=10).update_from_logits(1, z, v, labels)
+    # large logits: no overflow
+    big = np.array([[1e4, -1e4, 0.0]])
+    assert ce_pair(big, big, np.array([1]))[0] == pytest.approx(2e4, rel=1e-15)
+    # check_finite=False lets NaN through
+    zn = z.copy()
+    zn[2, 1] = np.nan
+    t, s, n = ce_pair(zn, z, np.arange(3), check_finite=False)
+    assert math.isnan(s) and math.isfinite(t)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", [(64, 5000), (129, 1001), (5, 20011)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_ce_pair_thread_count_is_bitwise_invisible(dtype, shape):
+    student, teacher, labels = _pair_inputs(shape, dtype, seed=5)
+    mask = np.arange(shape[0]) % 4 != 1
+    first = ce_pair(student, teacher, labels, mask=mask, n_threads=1)
+    assert first[2] > 0 and all(math.isfinite(x) for x in first[:2])
+    for n in (2, 3, None, -1):
+        assert [bits(x) for x in ce_pair(student, teacher, labels, mask=mask,
+                                         n_threads=n)[:2]] == [bits(x) for x in first[:2]]
+
+
+def test_ce_pair_isa_builds_agree_bitwise():
+    if _kdtemp.isa() != "avx2":
+        pytest.skip("no AVX2 build on this machine")
+    out = {}
+    try:
+        for isa in ("avx2", "baseline"):
+            _kdtemp._set_isa(isa)
+            out[isa] = [ce_pair(*_pair_inputs((33, 1003), dt, seed=6), n_threads=2)
+                        for dt in (np.float32, np.float64)]
+    finally:
+        _kdtemp._set_isa("avx2")
+    assert out["avx2"] == out["baseline"]
+
+
+def test_update_from_logits_is_one_kernel_call(monkeypatch):
+    """Both statistics from one fused call: no ce_loss (kd_forward) call at all."""
+    calls = []
+    real = _kdtemp.ce_pair
+
+    def counting(*args):
+        calls.append(args)
+        return real(*args)
+
+    def forbidden(*args, **kw):
+        raise AssertionError("update_from_logits must not call the ce_loss kernel")
+
+    monkeypatch.setattr(_kdtemp, "ce_pair", counting)
+    monkeypatch.setattr(_kdtemp, "kd_forward", forbidden)
+    student, teacher, labels = _pair_inputs((40, 23), np.float32, seed=7)
+    dts = DTS(total_epochs=10, min_temperature=1.0, max_temperature=8.0)
+    dts.update_from_logits(2, student, teacher, labels, ignore_index=-100, n_threads=2)
+    assert len(calls) == 1
+    assert calls[0][0] is student and calls[0][1] is teacher
+
+
+def _raises(call, exc, pattern):
+    with pytest.raises(exc) as info:
+        call()
+    assert re.search(pattern, str(info.value)), str(info.value)
+    return str(info.value)
+
+
+def test_ce_pair_bad_inputs_name_the_argument():
+    rng = np.random.default_rng(8)
+    z, v = rng.normal(size=(6, 5)), rng.normal(size=(6, 5))
+    y = np.arange(6) % 5
+    dts = DTS(total_epochs=10)
+    for call in (lambda *a, **k: ce_pair(*a, **k),
+                 lambda *a, **k: dts.update_from_logits(1, *a, **k)):
+        zn = z.copy()
+        zn[3, 1] = np.nan
+        vn = v.copy()
+        vn[2, 4] = np.inf
+        _raises(lambda: call(zn, v, y), ValueError, r"`student` has NaN or \+inf in row 3")
+        _raises(lambda: call(z, vn, y), ValueError, r"`teacher` has NaN or \+inf in row 2")
+        # the order of two ce_loss calls: the student's rows before the teacher's
+        _raises(lambda: call(zn, vn, y), ValueError, r"`student` .* row 3")
+        vi = v.copy()
+        vi[4] = -np.inf
+        _raises(lambda: call(z, vi, y), ValueError, r"`teacher` row 4 is all -inf")
+        zi = z.copy()
+        zi[5] = -np.inf
+        _raises(lambda: call(zi, vi, y), ValueError, r"`student` row 5 is all -inf")
+        # labels before any logit
+        yb = y.copy()
+        yb[4] = 5
+        _raises(lambda: call(zn, vn, yb), ValueError,
+                r"`labels` must be in \[0, 5\) .* got 5 at row 4")
+        _raises(lambda: call(z, v[:, :3], y), ValueError, r"`labels` must be in \[0, 3\)")
+        _raises(lambda: call(z, v, None), ValueError, "`labels` are required")
+        _raises(lambda: call(z, v, y.astype(float)), TypeError, "`labels`")
+        _raises(lambda: call(z, v, y[:5]), ValueError, "`labels`")
+        _raises(lambda: call(z, v[:5], y), ValueError, "`labels`")
+        _raises(lambda: call(z, v, y, mask=np.ones(5, bool)), ValueError, "`mask`")
+        _raises(lambda: call(z, v, y, mask=np.ones(6)), TypeError, "`mask`")
+        _raises(lambda: call(z.astype(np.int32), v, y), TypeError, "`student`")
+        _raises(lambda: call(z, v.astype(np.int32), y), TypeError, "`teacher`")
+        _raises(lambda: call(z, np.zeros((6, 0)), y), ValueError, "`teacher`")
+        _raises(lambda: call(z[0, 0], v, y), ValueError, "`student`")
+        _raises(lambda: call(z, v, y, n_threads=0), ValueError, "n_threads")
+    assert dts.num_updates == 0 and dts.temperature == 4.0
+    # the binding checks what the wrapper does not
+    _raises(lambda: _kdtemp.ce_pair(z, v.astype(np.float32), y, None, -100, True, 1),
+            TypeError, "same dtype")
+    _raises(lambda: _kdtemp.ce_pair(z, v[:5], y, None, -100, True, 1), ValueError,
+            "`teacher` has 5 rows but `student` has 6")
+    _raises(lambda: _kdtemp.ce_pair(z, v, None, None, -100, True, 1), ValueError, "`labels`")
+    _raises(lambda: _kdtemp.ce_pair(z, v, y.astype(np.int32), None, -100, True, 1),
+            TypeError, "`labels`")
+    _raises(lambda: _kdtemp.ce_pair(z, v, y, None, -100, True, 0), ValueError, "n_threads")
+    _raises(lambda: _kdtemp.ce_pair([1.0], v, y, None, -100, True, 1), TypeError, "`student`")
+
+
+def test_ce_pair_reference_twin_raises_alike():
+    z, v = np.zeros((4, 3)), np.zeros((4, 3))
+    y = np.arange(4) % 3
+    zn = z.copy()
+    zn[1, 1] = np.nan
+    vn = v.copy()
+    vn[0, 0] = np.nan
+    for f in (ce_pair, ref_ce_pair):
+        _raises(lambda: f(zn, vn, y), ValueError, "`student`")
+        _raises(lambda: f(z, vn, y), ValueError, "`teacher`")
+        _raises(lambda: f(zn, vn, np.array([0, 1, 2, 3])), ValueError, "`labels`")
+        _raises(lambda: f(z, v, None), ValueError, "`labels`")
+        assert f(zn, z, y, mask=np.array([True, False, True, True]))[2] == 3
 
 
 # ---------------------------------------------------------------------------

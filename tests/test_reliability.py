@@ -191,6 +191,7 @@ def _concurrent_calls():
             for k in ("sharpness", "entropy", "top1_prob", "argmax", "ce")),
         "temperature_profile": lambda z, v, y: (
             kdtemp.temperature_profile(z, v, [1.0, 4.0], n_threads=2).kd_loss,),
+        "dts_ce_pair": lambda z, v, y: kdtemp.dts.ce_pair(z, v, y, n_threads=2),
         "kd_loss_in_place": lambda z, v, y: (lambda zz: (kdtemp.kd_loss(
             zz, v, out=zz, n_threads=2).loss, zz))(z.copy()),
     }

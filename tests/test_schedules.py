@@ -95,11 +95,73 @@ def test_annealing_remainder_never_overshoots(tau, p1, p2):
         assert temps[:p1].count(t) == k
 
 
+def _old_phi(e, tau, p1, p2):
+    """The schedule before fewer phase-1 epochs than temperatures were allowed
+    (frozen here: it must not change for phase1_epochs >= max_temperature)."""
+    if e >= p1:
+        return 1.0
+    return min(1 + e // (p1 // tau), tau) / tau
+
+
+def test_annealing_unchanged_when_enough_phase1_epochs():
+    for tau in (1, 2, 3, 7, 10):
+        for p1 in list(range(tau, 3 * tau + 2)) + [200, 205]:
+            sched = AnnealingSchedule(tau, phase1_epochs=p1, phase2_epochs=3)
+            for e in range(p1 + 3):
+                assert sched.phi(e) == _old_phi(e, tau, p1, 3), (tau, p1, e)
+                assert sched.temperature(e) == tau + 1 - round(_old_phi(e, tau, p1, 3) * tau)
+
+
+@pytest.mark.parametrize("tau, p1, temps", [
+    (10, 4, [10, 7, 4, 1]),             # the docstring's examples
+    (10, 6, [10, 9, 7, 5, 3, 1]),       # the demo's --quick (12 epochs, half of them)
+    (10, 2, [10, 1]),
+    (10, 3, [10, 6, 1]),
+    (10, 9, [10, 9, 8, 7, 6, 5, 4, 3, 1]),
+    (7, 5, [7, 6, 4, 3, 1]),
+    (10, 1, [1]),                       # one epoch: the last one, Phi = 1
+    (2, 1, [1]),
+])
+def test_annealing_fewer_phase1_epochs_than_temperatures(tau, p1, temps):
+    p2 = 3
+    sched = AnnealingSchedule(tau, phase1_epochs=p1, phase2_epochs=p2)
+    assert sched.stage_epochs == 0
+    got_t = [sched.temperature(e) for e in range(p1 + p2)]
+    phis = [sched.phi(e) for e in range(p1 + p2)]
+    assert got_t[:p1] == temps and got_t[p1:] == [1] * p2
+    assert all(isinstance(t, int) and 1 <= t <= tau for t in got_t)
+    # Phi never exceeds 1, is non-decreasing, 1 in the last phase-1 epoch and after
+    assert max(phis) == 1.0 and all(a <= b for a, b in zip(phis, phis[1:]))
+    assert phis[p1 - 1] == 1.0 and all(p == 1.0 for p in phis[p1:])
+    if p1 >= 2:  # starts at T = tau and steps down at least 1 per epoch
+        assert got_t[0] == tau and phis[0] == 1.0 / tau
+        assert all(a - b >= 1 for a, b in zip(got_t[:p1], got_t[1:p1]))
+    for e in range(p1 + p2):
+        assert phis[e] == (tau + 1 - got_t[e]) / tau  # Phi = T'/tau
+        assert phis[e] == annealing_phi(e, tau, p1, p2)  # the twin
+        assert sched.phase(e) == (1 if e < p1 else 2)
+    # the authors' code divides by k = 0 here
+    with pytest.raises(ZeroDivisionError):
+        annealing_t_prime_authors(0, tau, p1)
+
+
+def test_annealing_any_epoch_counts_never_overshoot():
+    for tau in range(1, 13):
+        for p1 in range(1, 30):
+            sched = AnnealingSchedule(tau, phase1_epochs=p1, phase2_epochs=1)
+            phis = [sched.phi(e) for e in range(p1 + 1)]
+            assert max(phis) == 1.0 and phis[p1 - 1] == 1.0
+            assert all(a <= b for a, b in zip(phis, phis[1:]))
+            assert phis == [annealing_phi(e, tau, p1, 1) for e in range(p1 + 1)]
+            if p1 >= 2:
+                assert phis[0] == 1.0 / tau
+
+
 def test_annealing_bad_arguments():
     with pytest.raises(ValueError, match="phase1_epochs"):
-        AnnealingSchedule(10, phase1_epochs=9, phase2_epochs=5)
-    with pytest.raises(ValueError, match="phase1_epochs"):
         AnnealingSchedule(phase1_epochs=0, phase2_epochs=5)
+    with pytest.raises(ValueError, match="phase1_epochs"):
+        AnnealingSchedule(3, phase1_epochs=-2, phase2_epochs=5)
     with pytest.raises(ValueError, match="max_temperature"):
         AnnealingSchedule(0, phase1_epochs=9, phase2_epochs=5)
     with pytest.raises(ValueError, match="phase2_epochs"):
@@ -130,9 +192,13 @@ def test_annealing_state_and_repr():
                           "phase2_epochs=4)"
     with pytest.raises(ValueError):
         other.load_state_dict({"version": 1, "config": {"max_temperature": 7,
-                                                        "phase1_epochs": 3,
+                                                        "phase1_epochs": 0,
                                                         "phase2_epochs": 0}})
     assert other.phase1_epochs == 20
+    # fewer phase-1 epochs than temperatures round-trip too
+    few = AnnealingSchedule(10, phase1_epochs=4, phase2_epochs=1)
+    other.load_state_dict(json.loads(json.dumps(few.state_dict())))
+    assert [other.temperature(e) for e in range(5)] == [10, 7, 4, 1, 1]
 
 
 # ---------------------------------------------------------------------------

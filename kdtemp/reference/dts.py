@@ -1,15 +1,23 @@
-"""Pure-Python twin of the DTS update rule in ``csrc/dts.c``.
+"""Pure-Python twins of DTS's kernels: the update rule in ``csrc/dts.c`` and the
+fused batch statistics of ``DTS.update_from_logits`` in ``csrc/ce_pair.c``.
 
-Same operations in the same order as the C kernel (and the same libm ``cos``
-through :func:`math.cos`), so the results are bitwise identical; used as the test
-oracle for ``kdtemp._kdtemp.dts_update``.
+:func:`dts_update` performs the same operations in the same order as the C kernel
+(and the same libm ``cos`` through :func:`math.cos`), so the results are bitwise
+identical; it is the test oracle for ``kdtemp._kdtemp.dts_update``.
+:func:`ce_pair` is the NumPy oracle of ``kdtemp.dts.ce_pair`` (float64, written
+from the formula).
 """
 from __future__ import annotations
 
 import math
-from typing import Tuple
+from typing import Optional, Tuple
 
-__all__ = ["dts_update"]
+import numpy as np
+
+from kdtemp.reference.kd import (_check_finite, _check_logits, _check_n_threads,
+                                 _check_not_all_neginf, _counted_rows, _log_softmax_rows)
+
+__all__ = ["dts_update", "ce_pair"]
 
 
 def dts_update(
@@ -125,3 +133,67 @@ def dts_update(
     if not math.isfinite(new_temperature):
         raise ValueError("DTS update: the new temperature overflows")
     return new_temperature, target
+
+
+def ce_pair(student, teacher, labels, *, ignore_index: int = -100, mask=None,
+            check_finite: bool = True,
+            n_threads: Optional[int] = None) -> Tuple[float, float, int]:
+    r"""Both batch cross-entropies of ``DTS.update_from_logits`` (NumPy twin of
+    ``kdtemp.dts.ce_pair``), at temperature 1:
+
+    .. math::
+
+        \mathrm{ce}_i(x) = -\log \operatorname{softmax}(x_i)_{y_i}
+                         = \operatorname{lse}(x_i) - x_{i, y_i}
+
+    summed over the rows :math:`R` that count (``labels[i] != ignore_index`` and
+    ``mask[i]``), in row order.
+
+    Parameters
+    ----------
+    student, teacher : ndarray, shape (..., C)
+        float32 or float64 logits with the same number of rows (the class counts
+        may differ); computed in float64.
+    labels : integer ndarray of shape (...) or (N,)
+        In ``[0, C)`` (the smaller C) or equal to ``ignore_index``.
+    ignore_index, mask, check_finite, n_threads
+        As in ``kdtemp.reference.ce_loss``.
+
+    Returns
+    -------
+    (teacher_ce_sum, student_ce_sum, count) : (float, float, int)
+
+    Raises
+    ------
+    TypeError, ValueError
+        As ``kdtemp.reference.ce_loss`` for each array; checked in the order of two
+        ``ce_loss`` calls, student first: labels, the student's rows, the
+        teacher's rows.
+    """
+    student = _check_logits(student, "student")
+    teacher = _check_logits(teacher, "teacher")
+    if labels is None:
+        raise ValueError("`labels` are required, got None")
+    _check_n_threads(n_threads)
+    c = min(student.shape[-1], teacher.shape[-1])
+    counted = None
+    y = None
+    for x in (student, teacher):  # the labels and the mask must fit both
+        lead = x.shape[:-1]
+        n = int(np.prod(lead, dtype=np.int64))
+        counted, y = _counted_rows(labels, mask, int(ignore_index), lead, n, c)
+    rows = np.flatnonzero(counted)
+    sums = []
+    for x, name in ((student, "student"), (teacher, "teacher")):
+        x = np.array(x, dtype=np.float64).reshape(-1, x.shape[-1])
+        if check_finite:
+            _check_finite(x, name, counted)
+        _check_not_all_neginf(x, counted, name)
+        with np.errstate(invalid="ignore", over="ignore"):  # only if check_finite=False
+            log_p = _log_softmax_rows(x[rows], np.ones(len(rows)))
+        ce = -log_p[np.arange(len(rows)), y[rows]]
+        total = 0.0
+        for value in ce.tolist():  # row order, as the kernel sums
+            total += value
+        sums.append(total)
+    return sums[1], sums[0], int(len(rows))
