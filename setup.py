@@ -83,7 +83,7 @@ setup(
         Extension(
             "kdtemp._kdtemp",
             sources=["csrc/_kdtemp_module.c", "csrc/kd.c", "csrc/kd_avx2.c", "csrc/annealing.c",
-                     "csrc/dts.c", "csrc/ce_pair.c", "csrc/ce_pair_avx2.c"],
+                     "csrc/dts.c"],
             depends=["csrc/kd.h", "csrc/kd_impl.h", "csrc/kd_math.h", "csrc/kd_common.h",
                      "csrc/kd_kernels.h", "csrc/kd_isa.h", "csrc/kd_div.h",
                      "csrc/annealing.h", "csrc/annealing_impl.h", "csrc/dts.h"],

@@ -25,7 +25,6 @@
 #endif
 
 #include "annealing.h"
-#include "ce_pair.h"
 #include "dts.h"
 #include "kd.h"
 #include "kd_isa.h"

@@ -132,6 +132,19 @@ int kd_set_isa(const char *name)
                                          teacher, teacher_stride, temperatures,  \
                                          n_temps, rows, check_finite, row_out,   \
                                          n_threads, status);                     \
+    }                                                                            \
+    int kd_ce_pair_##SFX(int64_t n_rows, int64_t student_cols, const FT *student,\
+                         int64_t student_stride, int64_t teacher_cols,           \
+                         const FT *teacher, int64_t teacher_stride,              \
+                         const kd_rows *rows, int check_finite, double *row_ce,  \
+                         double *student_sum, double *teacher_sum,               \
+                         int64_t *count, int n_threads, kd_status *status)       \
+    {                                                                            \
+        return KD_PICK(kd_ce_pair_##SFX)(n_rows, student_cols, student,          \
+                                         student_stride, teacher_cols, teacher,  \
+                                         teacher_stride, rows, check_finite,     \
+                                         row_ce, student_sum, teacher_sum,       \
+                                         count, n_threads, status);              \
     }
 
 KD_DISPATCH(f32, float)

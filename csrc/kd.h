@@ -146,7 +146,22 @@ int kd_count_rows(const kd_rows *rows, int64_t n_rows, int64_t n_cols,
                          int64_t student_stride, const FT *teacher,              \
                          int64_t teacher_stride, const double *temperatures,     \
                          int64_t n_temps, const kd_rows *rows, int check_finite, \
-                         double *row_out, int n_threads, kd_status *status);
+                         double *row_out, int n_threads, kd_status *status);     \
+    /* DTS's two batch cross-entropies at t = 1 from one pass over the row     \
+     * pairs: ce_i(x) = lse(x_i) - x_{i, y_i}, student_sum = sum_i ce_i(z),     \
+     * teacher_sum = sum_i ce_i(v), over the rows that count (rows->labels     \
+     * required). The arrays may differ in their number of classes; a          \
+     * counted label must be in [0, min(student_cols, teacher_cols)). row_ce   \
+     * is scratch of 2 * n_rows doubles. The per-row values are ce_loss's      \
+     * bits, summed in row order. Errors (first row of the first kind):        \
+     * KD_ERR_LABEL, then the student's, then the teacher's. */                \
+    int kd_ce_pair_##SFX(int64_t n_rows, int64_t student_cols,                   \
+                         const FT *student, int64_t student_stride,              \
+                         int64_t teacher_cols, const FT *teacher,                \
+                         int64_t teacher_stride, const kd_rows *rows,            \
+                         int check_finite, double *row_ce,                       \
+                         double *student_sum, double *teacher_sum,               \
+                         int64_t *count, int n_threads, kd_status *status);
 
 KD_KERNEL_DECLS(f32, float)
 KD_KERNEL_DECLS(f64, double)

@@ -978,6 +978,79 @@ int NAME(kd_profile)(int64_t n_rows, int64_t n_cols, const FT *student,
     return KD_OK;
 }
 
+/* ---- DTS's batch cross-entropies ----------------------------------------- */
+
+/* One row's CE at t = 1 (as kd_forward's hard-label term: lse1 - z_y), or
+ * the row's error code. */
+static int NAME(row_ce1)(const FT *x, int64_t C, int64_t y, int check_finite,
+                         int err_nonfinite, int err_allinf, double *ce)
+{
+    FT m;
+    int code = NAME(check_row)(x, C, check_finite, err_nonfinite, err_allinf, &m);
+    if (code == KD_OK)
+        *ce = ((double)m + log(NAME(row_sumexp)(x, C, m, (FT)1))) - (double)x[y];
+    return code;
+}
+
+int NAME(kd_ce_pair)(int64_t n_rows, int64_t student_cols, const FT *student,
+                     int64_t student_stride, int64_t teacher_cols, const FT *teacher,
+                     int64_t teacher_stride, const kd_rows *rows, int check_finite,
+                     double *row_ce, double *student_sum, double *teacher_sum,
+                     int64_t *count, int n_threads, kd_status *status)
+{
+    status->code = KD_OK;
+    status->row = -1;
+    if (n_rows < 0 || student_cols <= 0 || teacher_cols <= 0 || !rows->labels)
+        return status->code = KD_ERR_ARGUMENT;
+    const int64_t C_min = student_cols < teacher_cols ? student_cols : teacher_cols;
+    const int par = kd_parallel(n_threads, n_rows, student_cols + teacher_cols);
+    /* the first bad row of each kind: labels, student, teacher (the order two
+     * ce_loss calls report them in) */
+    int64_t bad_row[3] = {INT64_MAX, INT64_MAX, INT64_MAX};
+    int bad_code[3] = {KD_OK, KD_OK, KD_OK};
+
+#pragma omp parallel for schedule(static) num_threads(n_threads) if (par)
+    for (int64_t i = 0; i < n_rows; i++) {
+        row_ce[2 * i] = row_ce[2 * i + 1] = 0.0;
+        if (!kd_row_counts(rows, i))
+            continue;
+        const int64_t y = rows->labels[i * rows->labels_stride];
+        if (y < 0 || y >= C_min) {
+            KD_RECORD_ERROR(KD_ERR_LABEL, i, bad_code[0], bad_row[0]);
+            continue;
+        }
+        /* the student's row, then the teacher's, each while it is in cache */
+        int code = NAME(row_ce1)(student + i * student_stride, student_cols, y, check_finite,
+                                 KD_ERR_NONFINITE_STUDENT, KD_ERR_ALLINF_STUDENT,
+                                 &row_ce[2 * i]);
+        KD_RECORD_ERROR(code, i, bad_code[1], bad_row[1]);
+        if (code != KD_OK)
+            continue;
+        code = NAME(row_ce1)(teacher + i * teacher_stride, teacher_cols, y, check_finite,
+                             KD_ERR_NONFINITE_TEACHER, KD_ERR_ALLINF_TEACHER,
+                             &row_ce[2 * i + 1]);
+        KD_RECORD_ERROR(code, i, bad_code[2], bad_row[2]);
+    }
+    for (int k = 0; k < 3; k++)
+        if (bad_code[k] != KD_OK) {
+            status->row = bad_row[k];
+            return status->code = bad_code[k];
+        }
+
+    /* in row order, as ce_loss's reduction: the same bits for any thread count */
+    double s = 0.0, t = 0.0;
+    int64_t c = 0;
+    for (int64_t i = 0; i < n_rows; i++) {
+        s += row_ce[2 * i];
+        t += row_ce[2 * i + 1];
+        c += kd_row_counts(rows, i);
+    }
+    *student_sum = s;
+    *teacher_sum = t;
+    *count = c;
+    return KD_OK;
+}
+
 #undef NAME
 #undef KD_RECORD_ERROR
 #undef KD_CAT
