@@ -3,6 +3,7 @@ to ``results/bench.csv`` (so that the README quotes a run, not a hope).
 
     python benchmarks/readme_table.py                  # the newest full run
     python benchmarks/readme_table.py --date 2026-12-01T20:02:11Z
+    python benchmarks/readme_table.py --date D1 --date D2   # two runs, D2's rows win
 
 A run is the set of rows with one ``date`` (the harness stamps a whole run with
 its start time). Rows are grouped by case; times are medians in ms, ratios are
@@ -48,8 +49,12 @@ def table(rows) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--csv", default=str(HERE / "results" / "bench.csv"))
-    p.add_argument("--date", default="", help="the run's date stamp (default: newest full run)")
+    p.add_argument("--date", action="append", default=[],
+                   help="a run's date stamp (default: the newest full run); repeat to "
+                        "combine runs, a later one replacing the same case and shape")
     p.add_argument("--dtype", default="float32")
+    p.add_argument("--cases", default="", help="only these cases, e.g. kl,ce")
+    p.add_argument("--shapes", default="", help="only these shapes, e.g. 2048x32000")
     a = p.parse_args(argv)
     rows = [r for r in csv.DictReader(open(a.csv, newline="")) if r["dtype"] == a.dtype]
     if not a.date:
@@ -57,17 +62,27 @@ def main(argv=None) -> int:
         if not full:
             print("no full run in the CSV", file=sys.stderr)
             return 1
-        a.date = max(full)
-    run = [r for r in rows if r["date"] == a.date]
-    if not run:
-        print(f"no rows with date {a.date}", file=sys.stderr)
-        return 1
-    r0 = run[0]
-    print(f"<!-- {len(run)} rows of benchmarks/results/bench.csv, run {a.date}, commit "
-          f"{r0['git_commit']}, {r0['cpu_model']} ({r0['n_cores']} cores), torch "
-          f"{r0['torch_version']}, numpy {r0['numpy_version']}, load average at the "
-          f"first row {r0['loadavg_1min']} -->")
-    print(table(run))
+        a.date = [max(full)]
+    picked = {}
+    for d in a.date:
+        run = [r for r in rows if r["date"] == d]
+        if not run:
+            print(f"no rows with date {d}", file=sys.stderr)
+            return 1
+        r0 = run[0]
+        print(f"<!-- rows of benchmarks/results/bench.csv from run {d}: commit "
+              f"{r0['git_commit']}, {r0['cpu_model']} ({r0['n_cores']} cores), torch "
+              f"{r0['torch_version']}, numpy {r0['numpy_version']}, load average at its "
+              f"first row {r0['loadavg_1min']} -->")
+        for r in run:
+            if a.cases and r["case"] not in a.cases.split(","):
+                continue
+            if a.shapes and f"{r['n']}x{r['c']}" not in a.shapes.split(","):
+                continue
+            picked[(r["module"], r["case"], r["n"], r["c"], r["threads"])] = r
+    order = sorted(picked.values(), key=lambda r: (r["module"], r["case"], int(r["n"]) * int(r["c"]),
+                                                   int(r["threads"])))
+    print(table(order))
     return 0
 
 

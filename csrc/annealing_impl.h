@@ -7,9 +7,14 @@
 /* 1 when the row holds NaN or +-inf */
 static int NAME(row_nonfinite)(const FT *x, int64_t C)
 {
+    /* blocks of KD_LANES (no j % KD_LANES in the loop) so that it vectorises */
     int bad[KD_LANES] = {0};
-    for (int64_t j = 0; j < C; j++)
-        bad[j % KD_LANES] |= !(x[j] - x[j] == 0); /* NaN for NaN and +-inf */
+    int64_t j = 0;
+    for (; j + KD_LANES <= C; j += KD_LANES)
+        for (int k = 0; k < KD_LANES; k++)
+            bad[k] |= !(x[j + k] - x[j + k] == 0); /* NaN for NaN and +-inf */
+    for (int k = 0; j < C; j++, k++)
+        bad[k] |= !(x[j] - x[j] == 0);
     int any = 0;
     for (int k = 0; k < KD_LANES; k++)
         any |= bad[k];
