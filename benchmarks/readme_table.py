@@ -21,7 +21,9 @@ HERE = Path(__file__).resolve().parent
 
 
 def _f(x: str, fmt: str) -> str:
-    return format(float(x), fmt) if x not in ("", None) else "-"
+    if x in ("", None):
+        return "-"
+    return f"{float(x):.0f}" if float(x) >= 100 else format(float(x), fmt)
 
 
 def _ratio(a: str, b: str) -> str:
