@@ -3,7 +3,7 @@
 The update rule runs in C (``csrc/dts.c``, bound as ``kdtemp._kdtemp.dts_update``);
 its pure-Python twin is :func:`kdtemp.reference.dts.dts_update`. The batch
 statistics of :meth:`DTS.update_from_logits` come from one fused kernel,
-:func:`ce_pair` (``csrc/ce_pair.c``, bound as ``kdtemp._kdtemp.ce_pair``; twin
+:func:`ce_pair` (``kd_ce_pair`` in ``csrc/kd_impl.h``, bound as ``kdtemp._kdtemp.ce_pair``; twin
 :func:`kdtemp.reference.dts.ce_pair`). This module adds the state around them:
 argument checking, sums and counts with an optional all-reduce for
 data-parallel training, the history, and ``state_dict``.

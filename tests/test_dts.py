@@ -518,7 +518,7 @@ def test_update_from_logits_passes_sums_to_all_reduce(monkeypatch):
 
 
 # ---------------------------------------------------------------------------
-# the fused statistics kernel (kdtemp.dts.ce_pair, csrc/ce_pair.c)
+# the fused statistics kernel (kdtemp.dts.ce_pair, kd_ce_pair in csrc/kd_impl.h)
 
 def _two_ce_loss(student, teacher, labels, **kw):
     """What update_from_logits computed before the fused kernel: two ce_loss calls."""

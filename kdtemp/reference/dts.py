@@ -1,5 +1,5 @@
 """Pure-Python twins of DTS's kernels: the update rule in ``csrc/dts.c`` and the
-fused batch statistics of ``DTS.update_from_logits`` in ``csrc/ce_pair.c``.
+fused batch statistics of ``DTS.update_from_logits`` (``kd_ce_pair`` in ``csrc/kd_impl.h``).
 
 :func:`dts_update` performs the same operations in the same order as the C kernel
 (and the same libm ``cos`` through :func:`math.cos`), so the results are bitwise
