@@ -277,26 +277,33 @@ def _start_pool():
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_fork_after_openmp_pool_does_not_hang():
-    expect = _start_pool()
+def _run_forked(target, n_children=1, timeout=30.0):
+    """Fork ``n_children`` processes running ``target(queue)``; fail the test if
+    any is still alive after ``timeout`` s (killing it) or exits non-zero, else
+    return what each put on the queue."""
     ctx = mp.get_context("fork")
     q = ctx.Queue()
-    procs = [ctx.Process(target=_child_kd, args=(q,)) for _ in range(2)]
+    procs = [ctx.Process(target=target, args=(q,)) for _ in range(n_children)]
     for p in procs:
         p.start()
     try:
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + timeout
         for p in procs:
             p.join(max(0.1, deadline - time.monotonic()))
         hung = [p.pid for p in procs if p.is_alive()]
-        assert not hung, f"forked children {hung} hung in their first parallel region"
+        assert not hung, f"forked children {hung} hung"
         assert all(p.exitcode == 0 for p in procs)
-        assert [q.get(timeout=5) for _ in procs] == [expect, expect]
+        return [q.get(timeout=5) for _ in procs]
     finally:
         for p in procs:
             if p.is_alive():
                 p.kill()
                 p.join(5)
+
+
+def test_fork_after_openmp_pool_does_not_hang():
+    expect = _start_pool()
+    assert _run_forked(_child_kd, n_children=2, timeout=15) == [expect, expect]
 
 
 _DATALOADER_SCRIPT = r"""
@@ -359,16 +366,7 @@ def test_fork_child_really_runs_one_thread():
     a forked child asked for 4 threads stays single-threaded and says so."""
     expect = _start_pool()
     assert kdtemp._kdtemp.in_forked_child() is False
-    ctx = mp.get_context("fork")
-    q = ctx.Queue()
-    p = ctx.Process(target=_threads_child, args=(q,))
-    p.start()
-    p.join(30)
-    if p.is_alive():
-        p.kill()
-        pytest.fail("a forked child hung")
-    assert p.exitcode == 0
-    before, after, reported, loss = q.get(timeout=5)
+    [(before, after, reported, loss)] = _run_forked(_threads_child)
     assert (before, after) == (1, 1)
     assert reported == (1, 1, True)
     assert loss == expect
@@ -378,15 +376,7 @@ def test_fork_child_really_runs_one_thread():
 def test_fork_child_with_one_thread_works():
     """An explicit n_threads=1 in a forked worker works too."""
     _start_pool()
-    ctx = mp.get_context("fork")
-    q = ctx.Queue()
-    p = ctx.Process(target=_serial_child, args=(q,))
-    p.start()
-    p.join(60)
-    if p.is_alive():
-        p.kill()
-        pytest.fail("a forked child with n_threads=1 hung")
-    assert p.exitcode == 0 and q.get(timeout=5) == _start_pool()
+    assert _run_forked(_serial_child, timeout=60) == [_start_pool()]
 
 
 def _serial_child(q):
