@@ -48,7 +48,7 @@ static int kd_use_avx2(void)
 #if KD_HAVE_AVX2_BUILD
         const char *off = getenv("KDTEMP_DISABLE_AVX2");
         __builtin_cpu_init();
-        c = __builtin_cpu_supports("avx2") && !(off && off[0] && off[0] != '0');
+        c = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && !(off && off[0] && off[0] != '0');
 #endif
         kd_isa_choice = c; /* every thread computes the same value: a benign race */
     }
@@ -66,7 +66,7 @@ int kd_set_isa(const char *name)
 #if KD_HAVE_AVX2_BUILD
     if (strcmp(name, "avx2") == 0) {
         __builtin_cpu_init();
-        if (!__builtin_cpu_supports("avx2"))
+        if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma"))
             return -1;
         kd_isa_choice = 1;
         return 0;

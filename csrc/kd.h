@@ -114,7 +114,10 @@ int kd_count_rows(const kd_rows *rows, int64_t n_rows, int64_t n_cols,
  * gradient with respect to the student into grad (skipped rows zeroed).
  * grad may equal student (in place). student_t_out / teacher_t_out, when not
  * NULL, receive the temperatures each row used (n_rows values). Returns a
- * kd_status_code; on an error nothing but status is written. */
+ * kd_status_code. On an error a gradient written over the student (in
+ * place) leaves it as it was; a separate grad, row_loss and the temperature
+ * outputs hold unspecified values in their rows (kd_softmax: the same with
+ * out and x). */
 #define KD_KERNEL_DECLS(SFX, FT)                                                 \
     int kd_forward_##SFX(int64_t n_rows, int64_t n_cols,                         \
                          const FT *student, int64_t student_stride,              \

@@ -1,13 +1,17 @@
-/* The KD kernels compiled for AVX2 (picked at run time by kd.c). Kept out
- * of the default flags so that one wheel runs on any x86-64 CPU. */
+/* The KD kernels compiled for AVX2 with FMA (picked at run time by kd.c).
+ * Kept out of the default flags so that one wheel runs on any x86-64 CPU. */
 #include "kd_isa.h"
 
 #if KD_HAVE_AVX2_BUILD
+/* before the target switch: the intrinsics carry their own targets */
+#include <immintrin.h>
 #if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2"))), apply_to = function)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
 #else
-#pragma GCC target("avx2")
+#pragma GCC target("avx2,fma")
 #endif
+
+#define KD_AVX2_FMA 1
 
 #define KD_ISA avx2
 #include "kd_kernels.h"

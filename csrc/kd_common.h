@@ -29,6 +29,20 @@ static inline int kd_parallel(int n_threads, int64_t n_rows, int64_t n_cols)
     return n_threads > 1 && n_rows > 1 && n_rows * n_cols >= KD_PARALLEL_MIN_ELEMENTS;
 }
 
+/* Whether the bytes of two row-strided n x C arrays (element size es) can
+ * overlap: their address ranges, whatever the strides' signs, intersect. */
+static inline int kd_spans_overlap(const void *a, int64_t a_stride, const void *b,
+                                   int64_t b_stride, int64_t n, int64_t C, size_t es)
+{
+    const uintptr_t pa = (uintptr_t)a, pb = (uintptr_t)b;
+    const int64_t ea = (n - 1) * a_stride, eb = (n - 1) * b_stride;
+    const uintptr_t alo = pa + (uintptr_t)((ea < 0 ? ea : 0) * (int64_t)es);
+    const uintptr_t ahi = pa + (uintptr_t)(((ea > 0 ? ea : 0) + C) * (int64_t)es);
+    const uintptr_t blo = pb + (uintptr_t)((eb < 0 ? eb : 0) * (int64_t)es);
+    const uintptr_t bhi = pb + (uintptr_t)(((eb > 0 ? eb : 0) + C) * (int64_t)es);
+    return alo < bhi && blo < ahi;
+}
+
 static inline int kd_row_counts(const kd_rows *rows, int64_t i)
 {
     if (rows->labels && rows->labels[i * rows->labels_stride] == rows->ignore_index)

@@ -5,7 +5,8 @@
  *   EXP            scalar exp for FT (kd_math.h)
  *   VEC, VINT      eight-lane FT vector and its comparison-mask type
  *   VL             lanes per vector (8 float, 4 double)
- *   VLOAD, VSTORE, VSEL, VEXP  vector load, store, select, exp
+ *   VLOAD, VSTORE, VSEL, VMAX, VEXP  vector load, store, select, max, exp
+ *   VLOADTAIL, VSTORETAIL  the first n < VL elements
  *   ACC, ACC_ADD, ACC_MUL, ACC_SUM  double accumulators of VL lanes
  */
 #define KD_CAT_(a, b) a##_##b
@@ -27,42 +28,41 @@ static inline FT NAME(inv_temp)(double t)
  * the result, are those of a scalar tail. */
 static inline __attribute__((always_inline)) VEC NAME(load_tail)(const FT *x, int64_t n, FT pad)
 {
-    FT buf[VL];
-    for (int k = 0; k < VL; k++)
-        buf[k] = k < n ? x[k] : pad;
-    return VLOAD(buf);
+    return VLOADTAIL(x, n, pad);
 }
 
 static inline __attribute__((always_inline)) void NAME(store_tail)(FT *x, int64_t n, VEC v)
 {
-    FT buf[VL];
-    VSTORE(buf, v);
-    memcpy(x, buf, sizeof(FT) * (size_t)n);
+    VSTORETAIL(x, n, v);
 }
 
-/* Max of a row, and whether it holds NaN or +inf. Eight independent lanes
- * let the compiler vectorise the loop without reassociating anything, so the
- * result is the same whatever the SIMD width. */
+/* Max of a row, and whether it holds NaN or +inf. Two vectors of lanes per
+ * step (the max's latency, not its throughput, bounds one); the order is
+ * fixed, so the result is the same whatever the thread count, and the same
+ * as any order but for the sign of a zero maximum, which no result depends
+ * on. */
 static FT NAME(row_max)(const FT *x, int64_t C, int *nonfinite)
 {
     const VEC ninf = (VEC){0} - INFINITY;
-    VEC m = ninf;
+    VEC m0 = ninf, m1 = ninf;
     VINT nan = {0};
     int64_t j = 0;
-    for (; j + VL <= C; j += VL) {
-        VEC v = VLOAD(x + j);
-        m = VSEL(v > m, v, m);
+    for (; j + 2 * VL <= C; j += 2 * VL) {
+        VEC v0 = VLOAD(x + j), v1 = VLOAD(x + j + VL);
+        m0 = VMAX(v0, m0);
+        m1 = VMAX(v1, m1);
+        nan |= (v0 != v0) | (v1 != v1);
+    }
+    for (; j < C; j += VL) {
+        VEC v = j + VL <= C ? VLOAD(x + j) : NAME(load_tail)(x + j, C - j, -INFINITY);
+        m0 = VMAX(v, m0);
         nan |= v != v;
     }
-    if (j < C) {
-        VEC v = NAME(load_tail)(x + j, C - j, -INFINITY);
-        m = VSEL(v > m, v, m);
-        nan |= v != v;
-    }
+    m0 = VMAX(m1, m0);
     FT mx = -INFINITY;
     int anynan = 0;
     for (int k = 0; k < VL; k++) {
-        mx = m[k] > mx ? m[k] : mx;
+        mx = m0[k] > mx ? m0[k] : mx;
         anynan |= nan[k] != 0;
     }
     *nonfinite = anynan || mx == INFINITY;
@@ -406,6 +406,27 @@ static int NAME(check_row)(const FT *x, int64_t C, int check_finite,
         }                                                                        \
     } while (0)
 
+/* Labels and the logits of row i of a KD loss; the row maxima go to mzv[0]
+ * (student) and mzv[1] (teacher, 0 without the KD term). */
+static int NAME(check_kd_row)(const FT *student, int64_t student_stride, const FT *teacher,
+                              int64_t teacher_stride, int64_t C, const kd_rows *rows,
+                              const kd_params *p, int needs_labels, int use_kd, int64_t i,
+                              FT *mzv)
+{
+    mzv[0] = mzv[1] = 0;
+    if (needs_labels) {
+        int64_t y = rows->labels[i * rows->labels_stride];
+        if (y < 0 || y >= C)
+            return KD_ERR_LABEL;
+    }
+    int code = NAME(check_row)(student + i * student_stride, C, p->check_finite,
+                               KD_ERR_NONFINITE_STUDENT, KD_ERR_ALLINF_STUDENT, &mzv[0]);
+    if (code == KD_OK && use_kd)
+        code = NAME(check_row)(teacher + i * teacher_stride, C, p->check_finite,
+                               KD_ERR_NONFINITE_TEACHER, KD_ERR_ALLINF_TEACHER, &mzv[1]);
+    return code;
+}
+
 int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
                      const FT *student, int64_t student_stride,
                      const FT *teacher, int64_t teacher_stride,
@@ -430,41 +451,39 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
     if (n_rows == 0)
         return KD_OK;
 
-    /* Row maxima first, for every row, so that a bad row is reported before
-     * anything is written: with grad == student an error must leave the
-     * caller's array as it was. */
-    FT *maxes = (FT *)malloc(sizeof(FT) * 2 * (size_t)n_rows);
-    if (!maxes)
-        return status->code = KD_ERR_ARGUMENT;
+    /* A gradient written over an input (in place) needs every row checked
+     * before anything is written, so that an error leaves the caller's array
+     * as it was: the row maxima come first then, in a pass of their own.
+     * Otherwise each row is checked where it is computed, one read of the
+     * inputs fewer (after an error the rows of a separate gradient buffer
+     * hold whatever was computed). */
+    const int prepass = grad && (kd_spans_overlap(grad, grad_stride, student, student_stride,
+                                                  n_rows, C, sizeof(FT)) ||
+                                 (teacher && kd_spans_overlap(grad, grad_stride, teacher,
+                                                              teacher_stride, n_rows, C,
+                                                              sizeof(FT))));
+    FT *maxes = NULL;
     const int par = kd_parallel(n_threads, n_rows, C);
     int64_t bad_row = INT64_MAX;
     int bad_code = KD_OK;
-
+    if (prepass) {
+        maxes = (FT *)malloc(sizeof(FT) * 2 * (size_t)n_rows);
+        if (!maxes)
+            return status->code = KD_ERR_ARGUMENT;
 #pragma omp parallel for schedule(static) num_threads(n_threads) if (par)
-    for (int64_t i = 0; i < n_rows; i++) {
-        int code = KD_OK;
-        maxes[2 * i] = maxes[2 * i + 1] = 0;
-        if (!kd_row_counts(rows, i))
-            continue;
-        if (needs_labels) {
-            int64_t y = rows->labels[i * rows->labels_stride];
-            if (y < 0 || y >= C)
-                code = KD_ERR_LABEL;
+        for (int64_t i = 0; i < n_rows; i++) {
+            maxes[2 * i] = maxes[2 * i + 1] = 0;
+            if (!kd_row_counts(rows, i))
+                continue;
+            int code = NAME(check_kd_row)(student, student_stride, teacher, teacher_stride, C,
+                                          rows, p, needs_labels, use_kd, i, &maxes[2 * i]);
+            KD_RECORD_ERROR(code, i, bad_code, bad_row);
         }
-        if (code == KD_OK)
-            code = NAME(check_row)(student + i * student_stride, C,
-                                   p->check_finite, KD_ERR_NONFINITE_STUDENT,
-                                   KD_ERR_ALLINF_STUDENT, &maxes[2 * i]);
-        if (code == KD_OK && use_kd)
-            code = NAME(check_row)(teacher + i * teacher_stride, C,
-                                   p->check_finite, KD_ERR_NONFINITE_TEACHER,
-                                   KD_ERR_ALLINF_TEACHER, &maxes[2 * i + 1]);
-        KD_RECORD_ERROR(code, i, bad_code, bad_row);
-    }
-    if (bad_code != KD_OK) {
-        free(maxes);
-        status->row = bad_row;
-        return status->code = bad_code;
+        if (bad_code != KD_OK) {
+            free(maxes);
+            status->row = bad_row;
+            return status->code = bad_code;
+        }
     }
 
     /* Forward KL keeps exps from the sums pass for the gradient pass: rows
@@ -493,10 +512,22 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
                 teacher_t_out[i] = NAN;
             continue;
         }
+        FT mzv[2];
+        if (prepass) {
+            mzv[0] = maxes[2 * i];
+            mzv[1] = maxes[2 * i + 1];
+        } else {
+            int code = NAME(check_kd_row)(student, student_stride, teacher, teacher_stride, C,
+                                          rows, p, needs_labels, use_kd, i, mzv);
+            if (code != KD_OK) {
+                KD_RECORD_ERROR(code, i, bad_code, bad_row);
+                continue;
+            }
+        }
         const FT *z = student + i * student_stride;
         const FT *v = use_kd ? teacher + i * teacher_stride : NULL;
         const FT *v_any = teacher ? teacher + i * teacher_stride : NULL;
-        const FT mz = maxes[2 * i], mv = maxes[2 * i + 1];
+        const FT mz = mzv[0], mv = mzv[1];
         const int64_t y = needs_labels ? rows->labels[i * rows->labels_stride] : 0;
 
         /* temperatures: given, or ATKD's b (std + eps) of each row */
@@ -557,7 +588,7 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
                 NAME(row_kl_sums)(z, v, C, mz, mv, inv_s, inv_t, &sS, &sT, &A,
                                   cached || half ? g : NULL, cached ? scratch : NULL);
             if (p->divergence == KD_DIV_KL) {
-                D = A / sT - log(sT) + log(sS);
+                D = A / sT + log(sS / sT); /* one log per row */
             } else if (dkd) {
                 /* TCKD on [p_y, 1 - p_y], NCKD over j != y; log(1 - p_y) is
                  * lse_nt - lse, free of cancellation when p_y is near 1 */
@@ -723,6 +754,10 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
     free(scratch);
     }
     free(maxes);
+    if (bad_code != KD_OK) {
+        status->row = bad_row;
+        return status->code = bad_code;
+    }
     return KD_OK;
 }
 
@@ -737,31 +772,45 @@ int NAME(kd_softmax)(int64_t n_rows, int64_t n_cols, const FT *x, int64_t x_stri
         return status->code = KD_ERR_ARGUMENT;
     if (n_rows == 0)
         return KD_OK;
-    FT *maxes = (FT *)malloc(sizeof(FT) * (size_t)n_rows);
-    if (!maxes)
-        return status->code = KD_ERR_ARGUMENT;
+    /* as kd_forward: a pass of its own for the maxima only when out is x */
+    const int prepass = kd_spans_overlap(out, out_stride, x, x_stride, n_rows, C, sizeof(FT));
+    FT *maxes = NULL;
     const int par = kd_parallel(n_threads, n_rows, C);
     int64_t bad_row = INT64_MAX;
     int bad_code = KD_OK;
-
+    if (prepass) {
+        maxes = (FT *)malloc(sizeof(FT) * (size_t)n_rows);
+        if (!maxes)
+            return status->code = KD_ERR_ARGUMENT;
 #pragma omp parallel for schedule(static) num_threads(n_threads) if (par)
-    for (int64_t i = 0; i < n_rows; i++) {
-        int code = NAME(check_row)(x + i * x_stride, C, check_finite,
-                                   KD_ERR_NONFINITE_STUDENT,
-                                   KD_ERR_ALLINF_STUDENT, &maxes[i]);
-        KD_RECORD_ERROR(code, i, bad_code, bad_row);
-    }
-    if (bad_code != KD_OK) {
-        free(maxes);
-        status->row = bad_row;
-        return status->code = bad_code;
+        for (int64_t i = 0; i < n_rows; i++) {
+            int code = NAME(check_row)(x + i * x_stride, C, check_finite,
+                                       KD_ERR_NONFINITE_STUDENT, KD_ERR_ALLINF_STUDENT,
+                                       &maxes[i]);
+            KD_RECORD_ERROR(code, i, bad_code, bad_row);
+        }
+        if (bad_code != KD_OK) {
+            free(maxes);
+            status->row = bad_row;
+            return status->code = bad_code;
+        }
     }
 
 #pragma omp parallel for schedule(static) num_threads(n_threads) if (par)
     for (int64_t i = 0; i < n_rows; i++) {
         const FT *xi = x + i * x_stride;
         FT *o = out + i * out_stride;
-        const FT m = maxes[i];
+        FT m;
+        if (prepass) {
+            m = maxes[i];
+        } else {
+            int code = NAME(check_row)(xi, C, check_finite, KD_ERR_NONFINITE_STUDENT,
+                                       KD_ERR_ALLINF_STUDENT, &m);
+            if (code != KD_OK) {
+                KD_RECORD_ERROR(code, i, bad_code, bad_row);
+                continue;
+            }
+        }
         const FT inv_t = NAME(inv_temp)(t.t[i * t.stride]);
         if (log_space) {
             const FT lse = (FT)log(NAME(row_sumexp)(xi, C, m, inv_t));
@@ -781,6 +830,10 @@ int NAME(kd_softmax)(int64_t n_rows, int64_t n_cols, const FT *x, int64_t x_stri
         }
     }
     free(maxes);
+    if (bad_code != KD_OK) {
+        status->row = bad_row;
+        return status->code = bad_code;
+    }
     return KD_OK;
 }
 

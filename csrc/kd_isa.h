@@ -4,7 +4,7 @@
 
 #include "kd.h"
 
-/* AVX2 needs GCC or Clang on x86-64 (function-level target selection) */
+/* AVX2 (+FMA) needs GCC or Clang on x86-64 (function-level target selection) */
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(KDTEMP_NO_AVX2)
 #define KD_HAVE_AVX2_BUILD 1
 #else
@@ -20,7 +20,7 @@ KD_KERNEL_DECLS(f64_avx2, double)
 
 /* "avx2" or "baseline": the build the entry points run */
 const char *kd_isa_name(void);
-/* force a build ("baseline", or "avx2" if the CPU has it); 0 on success */
+/* force a build ("baseline", or "avx2" if the CPU has AVX2 and FMA); 0 on success */
 int kd_set_isa(const char *name);
 
 #endif

@@ -13,37 +13,46 @@
 #include <stdint.h>
 #include <string.h>
 
-/* exp(x) for float: Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, Cephes'
- * degree-6 polynomial, scale by 2^n through the exponent bits. Results below
- * 2^-126 are flushed to 0: they are at least 38 decades below the row's
- * largest term (which is 1) and cannot change a sum. */
+/* exp(x) for float: Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2,
+ * exp(r) = 1 + r + r^2 q(r) with q a degree-4 minimax fit of relative error
+ * (1.2 ulp in float arithmetic, fitted by tools/fit_exp.py), scale by 2^n
+ * through the exponent bits. Results below 2^-126 are flushed to 0: they are
+ * at least 38 decades below the row's largest term (which is 1) and cannot
+ * change a sum. */
+#define KD_EXPF_Q4 1.381461275741458e-3f
+#define KD_EXPF_Q3 8.368710055947304e-3f
+#define KD_EXPF_Q2 4.166838899254799e-2f
+#define KD_EXPF_Q1 1.666652113199234e-1f
+#define KD_EXPF_Q0 4.999999403953552e-1f
+#define KD_EXPF_LO (-87.33654f) /* log(2^-126) */
+#define KD_EXPF_HI 88.37626f
+#define KD_LN2_HI_F 0.693359375f /* ln 2 = HI - LO_NEG, HI with 9 bits */
+#define KD_LN2_LO_NEG_F 2.12194440e-4f
+#define KD_SHIFTER_F 12582912.0f /* 1.5 * 2^23: t + it rounds t to an integer */
+
 static inline float kd_exp_f32(float x)
 {
-    const float lo = -87.33654f, hi = 88.37626f;
-    float xc = x < lo ? lo : x;
-    xc = xc > hi ? hi : xc;
-    /* round-to-nearest via the 1.5 * 2^23 trick: plain arithmetic, vectorises */
-    const float shifter = 12582912.0f;
-    float t = xc * 1.44269504088896341f + shifter;
-    float n = t - shifter;
-    float r = xc - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    float y = p * r * r + r + 1.0f;
-    int32_t tb, sb;
+    float xc = x < KD_EXPF_LO ? KD_EXPF_LO : x;
+    xc = xc > KD_EXPF_HI ? KD_EXPF_HI : xc;
+    float t = xc * 1.44269504088896341f + KD_SHIFTER_F;
+    float n = t - KD_SHIFTER_F;
+    float r = xc - n * KD_LN2_HI_F;
+    r = r + n * KD_LN2_LO_NEG_F;
+    float q = KD_EXPF_Q4;
+    q = q * r + KD_EXPF_Q3;
+    q = q * r + KD_EXPF_Q2;
+    q = q * r + KD_EXPF_Q1;
+    q = q * r + KD_EXPF_Q0;
+    float y = q * (r * r) + r + 1.0f;
+    int32_t tb;
     memcpy(&tb, &t, sizeof tb);
-    memcpy(&sb, &shifter, sizeof sb);
-    int32_t bits = (int32_t)((uint32_t)(tb - sb + 127) << 23);
+    /* t's low bits hold n: (n + 127) << 23 is the float 2^n */
+    uint32_t bits = ((uint32_t)tb << 23) + ((127u - 0x4B400000u) << 23);
     float scale;
     memcpy(&scale, &bits, sizeof scale);
     y = y * scale;
-    y = x < lo ? 0.0f : y;
-    return x > hi ? INFINITY : y;
+    y = x < KD_EXPF_LO ? 0.0f : y;
+    return x > KD_EXPF_HI ? INFINITY : y;
 }
 
 /* exp(x) for double: the same scheme with fdlibm's split of ln2 and the Taylor
@@ -90,9 +99,8 @@ static inline double kd_exp_f64(double x)
  * GCC/Clang vector extensions of 32 bytes (one AVX register, two SSE ones):
  * eight float lanes or four double lanes, on every ISA, so the row loops are
  * SIMD whatever the auto-vectoriser decides and the lane structure (hence
- * the bits of every sum) is fixed. Each lane performs exactly the scalar
- * function's operations. Row sums of float input are accumulated in double:
- * the low and high four lanes in two double vectors. */
+ * the bits of every sum) is fixed. Row sums of float input are accumulated
+ * in double. */
 typedef float kd_v8f __attribute__((vector_size(32)));
 typedef int32_t kd_v8i __attribute__((vector_size(32)));
 typedef uint32_t kd_v8u __attribute__((vector_size(32)));
@@ -131,24 +139,132 @@ KD_VINLINE kd_v4d kd_sel_v4d(kd_v4l m, kd_v4d a, kd_v4d b)
     return (kd_v4d)(((kd_v4l)a & m) | ((kd_v4l)b & ~m));
 }
 
-/* accumulators: acc += x, acc += x * y (in double), and their fixed-order sum */
+/* a * b + c. The AVX2 build (KD_AVX2_FMA) rounds once, the baseline twice:
+ * the two builds' results differ in the last bits, each is the same for any
+ * thread count. Only the exps use it, where it is a third of the work.
+ * Halves of eight float lanes, and four floats to four doubles and back: the
+ * same values on every build, through intrinsics in the AVX2 one because
+ * GCC lowers the generic forms there to 128-bit pieces through the stack. */
+#ifdef KD_AVX2_FMA
+#include <immintrin.h>
+KD_VINLINE kd_v8f kd_fma_v8f(kd_v8f a, kd_v8f b, kd_v8f c)
+{
+    return (kd_v8f)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+}
+KD_VINLINE kd_v4d kd_fma_v4d(kd_v4d a, kd_v4d b, kd_v4d c)
+{
+    return (kd_v4d)_mm256_fmadd_pd((__m256d)a, (__m256d)b, (__m256d)c);
+}
+/* v > m ? v : m, NaN v included (vmaxps returns its second operand then) */
+KD_VINLINE kd_v8f kd_max_v8f(kd_v8f v, kd_v8f m) { return (kd_v8f)_mm256_max_ps((__m256)v, (__m256)m); }
+KD_VINLINE kd_v4d kd_max_v4d(kd_v4d v, kd_v4d m) { return (kd_v4d)_mm256_max_pd((__m256d)v, (__m256d)m); }
+KD_VINLINE kd_v4f kd_lo_v8f(kd_v8f x) { return (kd_v4f)_mm256_castps256_ps128((__m256)x); }
+KD_VINLINE kd_v4f kd_hi_v8f(kd_v8f x) { return (kd_v4f)_mm256_extractf128_ps((__m256)x, 1); }
+KD_VINLINE kd_v4d kd_widen_v4f(kd_v4f x) { return (kd_v4d)_mm256_cvtps_pd((__m128)x); }
+KD_VINLINE kd_v4f kd_narrow_v4d(kd_v4d x) { return (kd_v4f)_mm256_cvtpd_ps((__m256d)x); }
+KD_VINLINE kd_v8f kd_concat_v4f(kd_v4f lo, kd_v4f hi)
+{
+    return (kd_v8f)_mm256_insertf128_ps(_mm256_castps128_ps256((__m128)lo), (__m128)hi, 1);
+}
+/* The first n (< lanes) elements at x, the other lanes `pad`; and the store
+ * of the first n lanes. Masked loads and stores: a vector load from a
+ * just-written buffer would stall on store forwarding, once per row. */
+KD_VINLINE kd_v8i kd_tail_mask_v8(int64_t n)
+{
+    const kd_v8i lane = {0, 1, 2, 3, 4, 5, 6, 7};
+    return lane < (int32_t)n;
+}
+KD_VINLINE kd_v4l kd_tail_mask_v4(int64_t n)
+{
+    const kd_v4l lane = {0, 1, 2, 3};
+    return lane < (int64_t)n;
+}
+KD_VINLINE kd_v8f kd_load_tail_v8f(const float *x, int64_t n, float pad)
+{
+    const kd_v8i m = kd_tail_mask_v8(n);
+    const kd_v8f v = (kd_v8f)_mm256_maskload_ps(x, (__m256i)m);
+    return kd_sel_v8f(m, v, (kd_v8f){0} + pad);
+}
+KD_VINLINE kd_v4d kd_load_tail_v4d(const double *x, int64_t n, double pad)
+{
+    const kd_v4l m = kd_tail_mask_v4(n);
+    const kd_v4d v = (kd_v4d)_mm256_maskload_pd(x, (__m256i)m);
+    return kd_sel_v4d(m, v, (kd_v4d){0} + pad);
+}
+KD_VINLINE void kd_store_tail_v8f(float *x, int64_t n, kd_v8f v)
+{
+    _mm256_maskstore_ps(x, (__m256i)kd_tail_mask_v8(n), (__m256)v);
+}
+KD_VINLINE void kd_store_tail_v4d(double *x, int64_t n, kd_v4d v)
+{
+    _mm256_maskstore_pd(x, (__m256i)kd_tail_mask_v4(n), (__m256d)v);
+}
+#else
+KD_VINLINE kd_v8f kd_fma_v8f(kd_v8f a, kd_v8f b, kd_v8f c) { return a * b + c; }
+KD_VINLINE kd_v4d kd_fma_v4d(kd_v4d a, kd_v4d b, kd_v4d c) { return a * b + c; }
+KD_VINLINE kd_v8f kd_max_v8f(kd_v8f v, kd_v8f m) { return kd_sel_v8f(v > m, v, m); }
+KD_VINLINE kd_v4d kd_max_v4d(kd_v4d v, kd_v4d m) { return kd_sel_v4d(v > m, v, m); }
+KD_VINLINE kd_v4f kd_lo_v8f(kd_v8f x)
+{
+    kd_v4f q;
+    memcpy(&q, &x, sizeof q);
+    return q;
+}
+KD_VINLINE kd_v4f kd_hi_v8f(kd_v8f x)
+{
+    kd_v4f q;
+    memcpy(&q, (const char *)&x + sizeof q, sizeof q);
+    return q;
+}
+KD_VINLINE kd_v4d kd_widen_v4f(kd_v4f x) { return __builtin_convertvector(x, kd_v4d); }
+KD_VINLINE kd_v4f kd_narrow_v4d(kd_v4d x) { return __builtin_convertvector(x, kd_v4f); }
+KD_VINLINE kd_v8f kd_concat_v4f(kd_v4f lo, kd_v4f hi)
+{
+    kd_v8f r;
+    memcpy(&r, &lo, sizeof lo);
+    memcpy((char *)&r + sizeof lo, &hi, sizeof hi);
+    return r;
+}
+KD_VINLINE kd_v8f kd_load_tail_v8f(const float *x, int64_t n, float pad)
+{
+    float buf[8];
+    for (int k = 0; k < 8; k++)
+        buf[k] = k < n ? x[k] : pad;
+    return kd_load_v8f(buf);
+}
+KD_VINLINE kd_v4d kd_load_tail_v4d(const double *x, int64_t n, double pad)
+{
+    double buf[4];
+    for (int k = 0; k < 4; k++)
+        buf[k] = k < n ? x[k] : pad;
+    return kd_load_v4d(buf);
+}
+KD_VINLINE void kd_store_tail_v8f(float *x, int64_t n, kd_v8f v)
+{
+    float buf[8];
+    kd_store_v8f(buf, v);
+    memcpy(x, buf, sizeof(float) * (size_t)n);
+}
+KD_VINLINE void kd_store_tail_v4d(double *x, int64_t n, kd_v4d v)
+{
+    double buf[4];
+    kd_store_v4d(buf, v);
+    memcpy(x, buf, sizeof(double) * (size_t)n);
+}
+#endif
+
+/* accumulators of float rows: acc += x, acc += x * y (in double; a sum of
+ * two floats in float would drop the small terms next to the row's largest,
+ * exactly the ones 1 - p and a small KL depend on) */
 KD_VINLINE void kd_acc_add_v8f(kd_acc8 *acc, kd_v8f x)
 {
-    kd_v4f lo, hi;
-    memcpy(&lo, &x, sizeof lo);
-    memcpy(&hi, (const char *)&x + sizeof lo, sizeof hi);
-    acc->lo += __builtin_convertvector(lo, kd_v4d);
-    acc->hi += __builtin_convertvector(hi, kd_v4d);
+    acc->lo += kd_widen_v4f(kd_lo_v8f(x));
+    acc->hi += kd_widen_v4f(kd_hi_v8f(x));
 }
 KD_VINLINE void kd_acc_mul_v8f(kd_acc8 *acc, kd_v8f x, kd_v8f y)
 {
-    kd_v4f xl, xh, yl, yh;
-    memcpy(&xl, &x, sizeof xl);
-    memcpy(&xh, (const char *)&x + sizeof xl, sizeof xh);
-    memcpy(&yl, &y, sizeof yl);
-    memcpy(&yh, (const char *)&y + sizeof yl, sizeof yh);
-    acc->lo += __builtin_convertvector(xl, kd_v4d) * __builtin_convertvector(yl, kd_v4d);
-    acc->hi += __builtin_convertvector(xh, kd_v4d) * __builtin_convertvector(yh, kd_v4d);
+    acc->lo += kd_widen_v4f(kd_lo_v8f(x)) * kd_widen_v4f(kd_lo_v8f(y));
+    acc->hi += kd_widen_v4f(kd_hi_v8f(x)) * kd_widen_v4f(kd_hi_v8f(y));
 }
 KD_VINLINE double kd_acc_sum_v8f(kd_acc8 acc)
 {
@@ -162,56 +278,55 @@ KD_VINLINE void kd_acc_mul_v4d(kd_v4d *acc, kd_v4d x, kd_v4d y) { *acc += x * y;
 KD_VINLINE double kd_acc_sum_v4d(kd_v4d acc) { return (acc[0] + acc[1]) + (acc[2] + acc[3]); }
 
 /* kd_exp_f32, eight lanes, for x <= 0 (or NaN): every vector exp in the
- * kernels is of (x - row max) / t, so the overflow clamp of the scalar
- * function is left out (two selects of about thirty operations); for those
- * arguments the bits are the scalar function's. */
+ * kernels is of (x - row max) / t, so the scalar function's overflow clamp is
+ * left out, and so is its underflow clamp: lanes below KD_EXPF_LO compute
+ * garbage (never a subnormal: 2^n's bits are whole exponents) that the last
+ * mask turns into 0 (-inf included). Multiply-adds are fused in the AVX2
+ * build. */
 KD_VINLINE kd_v8f kd_exp_v8f(kd_v8f x)
 {
-    const kd_v8f zero = {0}, lo = zero - 87.33654f;
-    const kd_v8f shifter = zero + 12582912.0f;
-    const kd_v8i under = x < lo;
-    kd_v8f xc = kd_sel_v8f(under, lo, x);
-    kd_v8f t = xc * 1.44269504088896341f + shifter;
+    const kd_v8f zero = {0};
+    const kd_v8i under = x < zero + KD_EXPF_LO;
+    const kd_v8f shifter = zero + KD_SHIFTER_F;
+    kd_v8f t = kd_fma_v8f(x, zero + 1.44269504088896341f, shifter);
     kd_v8f n = t - shifter;
-    kd_v8f r = xc - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    kd_v8f p = zero + 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    kd_v8f y = p * r * r + r + 1.0f;
-    kd_v8i bits = (kd_v8i)((kd_v8u)((kd_v8i)t - (kd_v8i)shifter + 127) << 23);
+    kd_v8f r = kd_fma_v8f(n, zero - KD_LN2_HI_F, x);
+    r = kd_fma_v8f(n, zero + KD_LN2_LO_NEG_F, r);
+    kd_v8f q = zero + KD_EXPF_Q4;
+    q = kd_fma_v8f(q, r, zero + KD_EXPF_Q3);
+    q = kd_fma_v8f(q, r, zero + KD_EXPF_Q2);
+    q = kd_fma_v8f(q, r, zero + KD_EXPF_Q1);
+    q = kd_fma_v8f(q, r, zero + KD_EXPF_Q0);
+    kd_v8f y = kd_fma_v8f(q, r * r, r) + 1.0f;
+    const kd_v8u bits = ((kd_v8u)t << 23) + ((127u - 0x4B400000u) << 23);
     y = y * (kd_v8f)bits;
-    return (kd_v8f)((kd_v8i)y & ~under); /* 0 below the range, -inf included */
+    return (kd_v8f)((kd_v8i)y & ~under);
 }
 
 /* kd_exp_f64, four lanes, for x <= 0 (or NaN), as kd_exp_v8f */
 KD_VINLINE kd_v4d kd_exp_v4d(kd_v4d x)
 {
-    const kd_v4d zero = {0}, lo = zero - 708.3964185322641;
-    const kd_v4d shifter = zero + 6755399441055744.0;
-    const kd_v4l under = x < lo;
-    kd_v4d xc = kd_sel_v4d(under, lo, x);
-    kd_v4d t = xc * 1.4426950408889634074 + shifter;
+    const kd_v4d zero = {0};
+    const kd_v4l under = x < zero - 708.3964185322641;
+    const kd_v4d shifter = zero + 6755399441055744.0; /* 1.5 * 2^52 */
+    kd_v4d t = kd_fma_v4d(x, zero + 1.4426950408889634074, shifter);
     kd_v4d n = t - shifter;
-    kd_v4d r = xc - n * 6.93147180369123816490e-01;
-    r = r - n * 1.90821492927058770002e-10;
+    kd_v4d r = kd_fma_v4d(n, zero - 6.93147180369123816490e-01, x);
+    r = kd_fma_v4d(n, zero - 1.90821492927058770002e-10, r);
     kd_v4d p = zero + 1.0 / 6227020800.0;
-    p = p * r + 1.0 / 479001600.0;
-    p = p * r + 1.0 / 39916800.0;
-    p = p * r + 1.0 / 3628800.0;
-    p = p * r + 1.0 / 362880.0;
-    p = p * r + 1.0 / 40320.0;
-    p = p * r + 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
-    kd_v4d y = p * r * r + r + 1.0;
-    kd_v4l bits = (kd_v4l)((kd_v4ul)((kd_v4l)t - (kd_v4l)shifter + 1023) << 52);
+    p = kd_fma_v4d(p, r, zero + 1.0 / 479001600.0);
+    p = kd_fma_v4d(p, r, zero + 1.0 / 39916800.0);
+    p = kd_fma_v4d(p, r, zero + 1.0 / 3628800.0);
+    p = kd_fma_v4d(p, r, zero + 1.0 / 362880.0);
+    p = kd_fma_v4d(p, r, zero + 1.0 / 40320.0);
+    p = kd_fma_v4d(p, r, zero + 1.0 / 5040.0);
+    p = kd_fma_v4d(p, r, zero + 1.0 / 720.0);
+    p = kd_fma_v4d(p, r, zero + 1.0 / 120.0);
+    p = kd_fma_v4d(p, r, zero + 1.0 / 24.0);
+    p = kd_fma_v4d(p, r, zero + 1.0 / 6.0);
+    p = kd_fma_v4d(p, r, zero + 0.5);
+    kd_v4d y = kd_fma_v4d(p, r * r, r) + 1.0;
+    const kd_v4ul bits = ((kd_v4ul)t << 52) + ((1023ull - 0x4338000000000000ull) << 52);
     y = y * (kd_v4d)bits;
     return (kd_v4d)((kd_v4l)y & ~under);
 }
@@ -251,17 +366,11 @@ KD_VINLINE kd_v4d kd_log_v4d(kd_v4d x)
  * doubles, and back */
 KD_VINLINE kd_v4d kd_part_v8f(kd_v8f x, int i)
 {
-    kd_v4f q;
-    memcpy(&q, (const char *)&x + i * sizeof q, sizeof q);
-    return __builtin_convertvector(q, kd_v4d);
+    return kd_widen_v4f(i ? kd_hi_v8f(x) : kd_lo_v8f(x));
 }
 KD_VINLINE kd_v8f kd_join_v8f(kd_v4d lo, kd_v4d hi)
 {
-    kd_v4f l = __builtin_convertvector(lo, kd_v4f), h = __builtin_convertvector(hi, kd_v4f);
-    kd_v8f r;
-    memcpy(&r, &l, sizeof l);
-    memcpy((char *)&r + sizeof l, &h, sizeof h);
-    return r;
+    return kd_concat_v4f(kd_narrow_v4d(lo), kd_narrow_v4d(hi));
 }
 KD_VINLINE kd_v4d kd_part_v4d(kd_v4d x, int i)
 {
