@@ -98,10 +98,11 @@ static double NAME(row_sumexp)(const FT *x, int64_t C, FT m, FT inv_t)
 
 /* One pass for forward KL: the two partition sums and
  * A = sum_j eT_j (a_j - b_j), a = (v - mv)/tT, b = (z - mz)/tS, so that
- * KL = A / sT - log sT + log sS (no log per element). */
+ * KL = A / sT - log sT + log sS (no log per element); with rev, also
+ * R = sum_j eS_j (b_j - a_j): KL(pS || pT) = R / sS - log sS + log sT. */
 static inline __attribute__((always_inline)) void
-NAME(kl_sums_step)(VEC zz, VEC vv, FT mz, FT mv, FT inv_s, FT inv_t, ACC *accS,
-                   ACC *accT, ACC *accA, VEC *eS_out, VEC *eT_out)
+NAME(kl_sums_step)(const int rev, VEC zz, VEC vv, FT mz, FT mv, FT inv_s, FT inv_t,
+                   ACC *accS, ACC *accT, ACC *accA, ACC *accR, VEC *eS_out, VEC *eT_out)
 {
     const VEC zero = {0};
     VEC b = (zz - mz) * inv_s;
@@ -111,31 +112,34 @@ NAME(kl_sums_step)(VEC zz, VEC vv, FT mz, FT mv, FT inv_s, FT inv_t, ACC *accS,
     ACC_ADD(accS, eS);
     ACC_ADD(accT, eT);
     ACC_MUL(accA, eT, d);
+    if (rev)
+        ACC_MUL(accR, eS, VSEL(eS > zero, b - a, zero));
     *eS_out = eS;
     *eT_out = eT;
 }
 
 /* With cS (cT) not NULL, also keep exp(b) (exp(a)) there for the gradient
  * pass (each element is read before it is written, so cS may be z). */
-static void NAME(row_kl_sums)(const FT *z, const FT *v, int64_t C, FT mz, FT mv,
-                              FT inv_s, FT inv_t, double *sS_out,
-                              double *sT_out, double *A_out, FT *cS, FT *cT)
+static inline __attribute__((always_inline)) void
+NAME(row_kl_sums_as)(const int rev, const FT *z, const FT *v, int64_t C, FT mz, FT mv,
+                     FT inv_s, FT inv_t, double *sS_out, double *sT_out, double *A_out,
+                     double *R_out, FT *cS, FT *cT)
 {
-    ACC accS = {0}, accT = {0}, accA = {0};
+    ACC accS = {0}, accT = {0}, accA = {0}, accR = {0};
     VEC eS, eT;
     int64_t j = 0;
     for (; j + VL <= C; j += VL) {
-        NAME(kl_sums_step)(VLOAD(z + j), VLOAD(v + j), mz, mv, inv_s, inv_t, &accS, &accT,
-                           &accA, &eS, &eT);
+        NAME(kl_sums_step)(rev, VLOAD(z + j), VLOAD(v + j), mz, mv, inv_s, inv_t, &accS,
+                           &accT, &accA, &accR, &eS, &eT);
         if (cS)
             VSTORE(cS + j, eS);
         if (cT)
             VSTORE(cT + j, eT);
     }
     if (j < C) {
-        NAME(kl_sums_step)(NAME(load_tail)(z + j, C - j, -INFINITY),
+        NAME(kl_sums_step)(rev, NAME(load_tail)(z + j, C - j, -INFINITY),
                            NAME(load_tail)(v + j, C - j, -INFINITY), mz, mv, inv_s, inv_t,
-                           &accS, &accT, &accA, &eS, &eT);
+                           &accS, &accT, &accA, &accR, &eS, &eT);
         if (cS)
             NAME(store_tail)(cS + j, C - j, eS);
         if (cT)
@@ -144,6 +148,24 @@ static void NAME(row_kl_sums)(const FT *z, const FT *v, int64_t C, FT mz, FT mv,
     *sS_out = ACC_SUM(accS);
     *sT_out = ACC_SUM(accT);
     *A_out = ACC_SUM(accA);
+    if (rev)
+        *R_out = ACC_SUM(accR);
+}
+
+static void NAME(row_kl_sums)(const FT *z, const FT *v, int64_t C, FT mz, FT mv,
+                              FT inv_s, FT inv_t, double *sS_out,
+                              double *sT_out, double *A_out, FT *cS, FT *cT)
+{
+    NAME(row_kl_sums_as)(0, z, v, C, mz, mv, inv_s, inv_t, sS_out, sT_out, A_out, NULL, cS,
+                         cT);
+}
+
+static void NAME(row_kl_rev_sums)(const FT *z, const FT *v, int64_t C, FT mz, FT mv,
+                                  FT inv_s, FT inv_t, double *sS_out, double *sT_out,
+                                  double *A_out, double *R_out, FT *cS, FT *cT)
+{
+    NAME(row_kl_sums_as)(1, z, v, C, mz, mv, inv_s, inv_t, sS_out, sT_out, A_out, R_out, cS,
+                         cT);
 }
 
 /* Row statistics of the hard-label term at temperature 1: the partition sum
@@ -166,11 +188,21 @@ static void NAME(row_ce_sums)(const FT *z, int64_t C, FT mz, int want_sum,
     *s1_out = NAME(row_sumexp_store)(z, C, mz, (FT)1, e);
 }
 
+/* exp(x) for the VL elements from column j: kept from the sums pass in c,
+ * or computed when c is NULL */
+static inline __attribute__((always_inline)) VEC NAME(cached_exp)(const FT *c, int64_t j,
+                                                                  int64_t C, VEC x)
+{
+    if (!c)
+        return VEXP(x);
+    return j + VL <= C ? VLOAD(c + j) : NAME(load_tail)(c + j, C - j, 0);
+}
+
 /* The divergences other than forward KL (terms: kd_div.h), in double lanes */
 static inline __attribute__((always_inline)) void
 NAME(row_div_sums_as)(const int div, const FT *z, const FT *v, int64_t C, FT mz, FT mv,
                       FT inv_s, FT inv_t, double sS, double sT, const kd_params *p,
-                      double *D_out, double *Q_out)
+                      const FT *cS, const FT *cT, double *D_out, double *Q_out)
 {
     const double ls = log(sS), lt = log(sT), inv_sS = 1.0 / sS, inv_sT = 1.0 / sT;
     kd_v4d accD = {0}, accQ = {0};
@@ -179,7 +211,7 @@ NAME(row_div_sums_as)(const int div, const FT *z, const FT *v, int64_t C, FT mz,
         VEC zz = full ? VLOAD(z + j) : NAME(load_tail)(z + j, C - j, -INFINITY);
         VEC vv = full ? VLOAD(v + j) : NAME(load_tail)(v + j, C - j, -INFINITY);
         VEC b = (zz - mz) * inv_s, a = (vv - mv) * inv_t;
-        VEC eS = VEXP(b), eT = VEXP(a);
+        VEC eS = NAME(cached_exp)(cS, j, C, b), eT = NAME(cached_exp)(cT, j, C, a);
         for (int q = 0; q < VPARTS; q++) {
             kd_v4d pS, d, h;
             kd_div_terms_v4d(div, VPART(b, q), VPART(a, q), VPART(eS, q), VPART(eT, q), ls, lt,
@@ -194,11 +226,13 @@ NAME(row_div_sums_as)(const int div, const FT *z, const FT *v, int64_t C, FT mz,
 
 static void NAME(row_div_sums)(const FT *z, const FT *v, int64_t C, FT mz, FT mv,
                                FT inv_s, FT inv_t, double sS, double sT,
-                               const kd_params *p, double *D_out, double *Q_out)
+                               const kd_params *p, const FT *cS, const FT *cT,
+                               double *D_out, double *Q_out)
 {
 #define KD_DIV_CASE(D)                                                           \
     case D:                                                                      \
-        NAME(row_div_sums_as)(D, z, v, C, mz, mv, inv_s, inv_t, sS, sT, p, D_out, Q_out); \
+        NAME(row_div_sums_as)(D, z, v, C, mz, mv, inv_s, inv_t, sS, sT, p, cS, cT, D_out, \
+                              Q_out);                                            \
         break;
     switch (p->divergence) {
         KD_DIV_CASE(KD_DIV_REVERSE_KL)
@@ -217,7 +251,8 @@ static void NAME(row_div_sums)(const FT *z, const FT *v, int64_t C, FT mz, FT mv
 static inline __attribute__((always_inline)) void
 NAME(row_div_grad_as)(const int div, const FT *z, const FT *v, int64_t C, FT mz, FT mv,
                       FT inv_s, FT inv_t, double sS, double sT, const kd_params *p,
-                      double coef, double Q, int use_ce, FT cC, FT c_eps, FT *g)
+                      double coef, double Q, int use_ce, FT cC, FT c_eps, const FT *cS,
+                      const FT *cT, FT *g)
 {
     const double ls = log(sS), lt = log(sT), inv_sS = 1.0 / sS, inv_sT = 1.0 / sT;
     for (int64_t j = 0; j < C; j += VL) {
@@ -228,7 +263,7 @@ NAME(row_div_grad_as)(const int div, const FT *z, const FT *v, int64_t C, FT mz,
         VEC ce = {0};
         if (use_ce)
             ce = cC * VEXP(zz - mz) - c_eps;
-        VEC eS = VEXP(b), eT = VEXP(a);
+        VEC eS = NAME(cached_exp)(cS, j, C, b), eT = NAME(cached_exp)(cT, j, C, a);
         kd_v4d gp[2];
         for (int q = 0; q < VPARTS; q++) {
             kd_v4d pS, d, h;
@@ -246,12 +281,13 @@ NAME(row_div_grad_as)(const int div, const FT *z, const FT *v, int64_t C, FT mz,
 
 static void NAME(row_div_grad)(const FT *z, const FT *v, int64_t C, FT mz, FT mv, FT inv_s,
                                FT inv_t, double sS, double sT, const kd_params *p,
-                               double coef, double Q, int use_ce, FT cC, FT c_eps, FT *g)
+                               double coef, double Q, int use_ce, FT cC, FT c_eps,
+                               const FT *cS, const FT *cT, FT *g)
 {
 #define KD_DIV_CASE(D)                                                           \
     case D:                                                                      \
         NAME(row_div_grad_as)(D, z, v, C, mz, mv, inv_s, inv_t, sS, sT, p, coef, Q,   \
-                              use_ce, cC, c_eps, g);                             \
+                              use_ce, cC, c_eps, cS, cT, g);                     \
         break;
     switch (p->divergence) {
         KD_DIV_CASE(KD_DIV_REVERSE_KL)
@@ -320,7 +356,8 @@ static void NAME(row_atkd_sums)(const FT *z, const FT *v, int64_t C, FT mz, FT m
         VEC zz = full ? VLOAD(z + j) : NAME(load_tail)(z + j, C - j, -INFINITY);
         VEC vv = full ? VLOAD(v + j) : NAME(load_tail)(v + j, C - j, -INFINITY);
         VEC eS, eT;
-        NAME(kl_sums_step)(zz, vv, mz, mv, inv_s, inv_t, &accS, &accT, &accA, &eS, &eT);
+        NAME(kl_sums_step)(0, zz, vv, mz, mv, inv_s, inv_t, &accS, &accT, &accA, NULL, &eS,
+                           &eT);
         for (int h = 0; h < VPARTS; h++) {
             kd_v4d zd = VPART(zz, h), eSd = VPART(eS, h), eTd = VPART(eT, h);
             kd_v4l fin = zd > ninf;
@@ -350,32 +387,29 @@ typedef struct {
 static NAME(kd_nt) NAME(row_dkd_sums)(const FT *z, const FT *v, int64_t C, int64_t y,
                                       FT inv_s, FT inv_t)
 {
+    /* the columns before and after y, each through the vector row loops */
+    const FT *z1 = z + y + 1, *v1 = v + y + 1;
+    const int64_t C1 = C - y - 1;
     NAME(kd_nt) r;
-    FT mz = -INFINITY, mv = -INFINITY;
-    for (int64_t j = 0; j < C; j++) {
-        if (j == y)
-            continue;
-        mz = z[j] > mz ? z[j] : mz;
-        mv = v[j] > mv ? v[j] : mv;
-    }
+    int nf;
+    FT a0 = NAME(row_max)(z, y, &nf), a1 = NAME(row_max)(z1, C1, &nf);
+    FT b0 = NAME(row_max)(v, y, &nf), b1 = NAME(row_max)(v1, C1, &nf);
+    const FT mz = a1 > a0 ? a1 : a0, mv = b1 > b0 ? b1 : b0;
     r.mz = mz;
     r.mv = mv;
     r.sS = r.sT = r.A = 0.0;
     const int has_s = mz > -INFINITY, has_t = mv > -INFINITY;
-    for (int64_t j = 0; j < C; j++) {
-        if (j == y)
-            continue;
-        if (has_s && has_t) {
-            FT b = (z[j] - mz) * inv_s, a = (v[j] - mv) * inv_t;
-            FT eS = EXP(b), eT = EXP(a);
-            r.sS += (double)eS;
-            r.sT += (double)eT;
-            r.A += eT > 0 ? (double)eT * (double)(a - b) : 0.0;
-        } else if (has_s) {
-            r.sS += (double)EXP((z[j] - mz) * inv_s);
-        } else if (has_t) {
-            r.sT += (double)EXP((v[j] - mv) * inv_t);
-        }
+    if (has_s && has_t) {
+        double sS1, sT1, A1;
+        NAME(row_kl_sums)(z, v, y, mz, mv, inv_s, inv_t, &r.sS, &r.sT, &r.A, NULL, NULL);
+        NAME(row_kl_sums)(z1, v1, C1, mz, mv, inv_s, inv_t, &sS1, &sT1, &A1, NULL, NULL);
+        r.sS += sS1;
+        r.sT += sT1;
+        r.A += A1;
+    } else if (has_s) {
+        r.sS = NAME(row_sumexp)(z, y, mz, inv_s) + NAME(row_sumexp)(z1, C1, mz, inv_s);
+    } else if (has_t) {
+        r.sT = NAME(row_sumexp)(v, y, mv, inv_t) + NAME(row_sumexp)(v1, C1, mv, inv_t);
     }
     return r;
 }
@@ -494,11 +528,16 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
                          !(p->adaptive && !p->detach_temperature);
     const int cache_exps = kl_plain && C <= KD_CACHE_COLS;
     const int cache_half = kl_plain && C > KD_CACHE_COLS;
+    /* The other divergences (not DKD) read the exps in two more passes: with
+     * both kept (in g and the row buffer) they take two exps per logit
+     * instead of six. Not in place: those passes also read z. */
+    const int cache_div = grad && use_kd && !dkd && p->divergence != KD_DIV_KL && !prepass &&
+                          C <= KD_CACHE_COLS;
 
 #pragma omp parallel num_threads(n_threads) if (par)
     {
     /* without it (out of memory) the thread recomputes its exps */
-    FT *scratch = cache_exps ? (FT *)malloc(sizeof(FT) * (size_t)C) : NULL;
+    FT *scratch = cache_exps || cache_div ? (FT *)malloc(sizeof(FT) * (size_t)C) : NULL;
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < n_rows; i++) {
         FT *g = grad ? grad + i * grad_stride : NULL;
@@ -575,18 +614,27 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
         const int cache_ok = g && !(use_ce && inv_s != (FT)1);
         const int cached = cache_ok && cache_exps && scratch;
         const int half = cache_ok && cache_half;
+        const int div_cached = cache_div && scratch;
         double sS = 1, sT = 1, D = 0, Q = 0, P_atkd = 0;
         const int atkd_grad = g && use_kd && p->adaptive && !p->detach_temperature && std_z > 0;
         NAME(kd_nt) nt = {0, 0, 0, 0, 0};
         double pSy = 0, pTy = 0; /* dkd: target probabilities */
+        /* reverse and symmetric KL: D and Q from the sums pass, no pass of
+         * their own */
+        const int rev_closed = use_kd && !atkd_grad && (p->divergence == KD_DIV_REVERSE_KL ||
+                                                        p->divergence == KD_DIV_SYMMETRIC_KL);
         if (use_kd) {
-            double A;
+            double A, R = 0;
             if (atkd_grad)
                 NAME(row_atkd_sums)(z, v, C, mz, mv, inv_s, inv_t, mean_z, &sS, &sT, &A,
                                     &P_atkd);
+            else if (rev_closed)
+                NAME(row_kl_rev_sums)(z, v, C, mz, mv, inv_s, inv_t, &sS, &sT, &A, &R,
+                                      div_cached ? g : NULL, div_cached ? scratch : NULL);
             else
                 NAME(row_kl_sums)(z, v, C, mz, mv, inv_s, inv_t, &sS, &sT, &A,
-                                  cached || half ? g : NULL, cached ? scratch : NULL);
+                                  cached || half || div_cached ? g : NULL,
+                                  cached || div_cached ? scratch : NULL);
             if (p->divergence == KD_DIV_KL) {
                 D = A / sT + log(sS / sT); /* one log per row */
             } else if (dkd) {
@@ -613,8 +661,21 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
                 /* a zero weight drops its term even when that term is inf */
                 D = (p->alpha != 0.0 ? p->alpha * tckd : 0.0) +
                     (p->beta != 0.0 ? p->beta * nckd : 0.0);
+            } else if (rev_closed) {
+                /* reverse KL, and symmetric KL = forward + reverse, from the
+                 * sums: Q = sum_j h_j is D_rev (reverse) or D_rev - 1 */
+                const double lSlT = log(sS / sT);
+                const double rev_kl = R / sS - lSlT;
+                if (p->divergence == KD_DIV_REVERSE_KL) {
+                    D = rev_kl;
+                    Q = rev_kl;
+                } else {
+                    D = A / sT + lSlT + rev_kl;
+                    Q = rev_kl - 1.0;
+                }
             } else {
-                NAME(row_div_sums)(z, v, C, mz, mv, inv_s, inv_t, sS, sT, p, &D, &Q);
+                NAME(row_div_sums)(z, v, C, mz, mv, inv_s, inv_t, sS, sT, p,
+                                   div_cached ? g : NULL, div_cached ? scratch : NULL, &D, &Q);
             }
             D = D > 0 ? D : 0; /* every divergence is >= 0; drop rounding */
         }
@@ -734,19 +795,30 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
             const FT cTn = t_nt ? (FT)(cb / nt.sT) : (FT)0;
             const FT gy = (FT)(-ct);
             const FT zy = z[y]; /* g may be z: read before the loop writes it */
-            for (int64_t j = 0; j < C; j++) {
-                FT zj = z[j];
-                FT gj = (s_nt ? cSn * EXP((zj - nt.mz) * inv_s) : (FT)0) -
-                        (t_nt ? cTn * EXP((v[j] - nt.mv) * inv_t) : (FT)0);
+            /* column y's lane computes an exp of a positive argument (garbage
+             * from the vector exp) and is overwritten after the loop */
+            for (int64_t j = 0; j < C; j += VL) {
+                const int full = j + VL <= C;
+                VEC zz = full ? VLOAD(z + j) : NAME(load_tail)(z + j, C - j, -INFINITY);
+                VEC gj = (VEC){0};
+                if (s_nt)
+                    gj = cSn * VEXP((zz - nt.mz) * inv_s);
+                if (t_nt) {
+                    VEC vv = full ? VLOAD(v + j) : NAME(load_tail)(v + j, C - j, -INFINITY);
+                    gj -= cTn * VEXP((vv - nt.mv) * inv_t);
+                }
                 if (use_ce)
-                    gj += cC * EXP(zj - mz) - c_eps;
-                g[j] = gj;
+                    gj += cC * VEXP(zz - mz) - c_eps;
+                if (full)
+                    VSTORE(g + j, gj);
+                else
+                    NAME(store_tail)(g + j, C - j, gj);
             }
             /* the target column is not in the non-target sums */
             g[y] = gy + (use_ce ? cC * EXP(zy - mz) - c_eps : (FT)0);
         } else {
             NAME(row_div_grad)(z, v, C, mz, mv, inv_s, inv_t, sS, sT, p, coef, Q, use_ce, cC,
-                               c_eps, g);
+                               c_eps, div_cached ? g : NULL, div_cached ? scratch : NULL, g);
         }
         if (use_ce)
             g[y] -= (FT)(c1 * (1 - eps));
