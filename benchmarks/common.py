@@ -177,7 +177,9 @@ def git_commit() -> str:
                               capture_output=True, text=True, timeout=30)
         if head.returncode != 0:
             return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        # the results CSV itself is not code: an earlier run's rows leave it modified
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                ".", ":(exclude)benchmarks/results"],
                                cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
         return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
