@@ -2,7 +2,7 @@
  *
  * libm's exp is a call per element and blocks vectorisation; these are plain
  * arithmetic plus a bit cast, so GCC/Clang turn the loops that call them into
- * SIMD code at any ISA level. They are exact to about 1 ulp (float) and
+ * SIMD code at any ISA level. They are exact to about 1.2 ulp (float) and
  * 2 ulp (double) on the range the kernels use (x <= 0 after the row max is
  * subtracted); -inf gives 0, NaN gives NaN.
  */
