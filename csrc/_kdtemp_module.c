@@ -86,23 +86,31 @@ static int64_t row_stride(PyArrayObject *a)
     return (int64_t)(PyArray_STRIDE(a, 0) / PyArray_ITEMSIZE(a));
 }
 
-/* The smallest temperature the kernels take for logits of dtype `type`: the
- * one whose inverse is the dtype's largest finite value (float32 2.9e-39,
- * float64 5.6e-309). Below it x / t overflows at every logit, and T^2 KL
- * would be 0 * inf. */
+/* The temperatures the kernels take for logits of dtype `type`: from the one
+ * whose inverse is the dtype's largest finite value (float32 2.9e-39,
+ * float64 5.6e-309) to that value. Below, x / t overflows at every logit (and
+ * T^2 KL would be 0 * inf); above, 1/t underflows to 0 (-inf * 0 = NaN at a
+ * masked logit) and the T^2-scaled gradient overflows. */
 static double min_temperature(int type)
 {
     return type == NPY_FLOAT32 ? 1.0 / FLT_MAX : 1.0 / DBL_MAX;
 }
 
-/* ValueError for a temperature below min_temperature(type). */
+static double max_temperature(int type)
+{
+    return type == NPY_FLOAT32 ? (double)FLT_MAX : DBL_MAX;
+}
+
+/* ValueError for a temperature outside [min_temperature, max_temperature]. */
 static int check_min_temperature(const char *name, double x, int type, Py_ssize_t row)
 {
-    if (x >= min_temperature(type))
+    if (x >= min_temperature(type) && x <= max_temperature(type))
         return 0;
-    char what[96];
-    snprintf(what, sizeof what, "must be >= %.3g for %s logits (its inverse must be finite)",
-             min_temperature(type), type == NPY_FLOAT32 ? "float32" : "float64");
+    char what[128];
+    snprintf(what, sizeof what,
+             "must be in [%.3g, %.3g] for %s logits (it and its inverse must be finite)",
+             min_temperature(type), max_temperature(type),
+             type == NPY_FLOAT32 ? "float32" : "float64");
     err_value(name, what, x, row);
     return -1;
 }
@@ -1152,9 +1160,9 @@ static PyMethodDef methods[] = {
      "(see kdtemp.dts.ce_pair)."},
     {"dts_update", py_dts_update, METH_VARARGS,
      "dts_update(params, temperature, epoch, teacher_ce, student_ce) -> (T, target)"},
-    {"isa", py_isa, METH_NOARGS, "The kernels' instruction set: 'avx2' or 'baseline'."},
+    {"isa", py_isa, METH_NOARGS, "The kernels' instruction set: 'avx512', 'avx2' or 'baseline'."},
     {"_set_isa", py_set_isa, METH_O,
-     "Force the kernels' instruction set ('baseline' or 'avx2'), for tests."},
+     "Force the kernels' instruction set ('baseline', 'avx2', 'avx512'), for tests."},
     {"max_threads", py_max_threads, METH_NOARGS,
      "OpenMP's default team size (respects OMP_NUM_THREADS); 1 without OpenMP."},
     {"effective_threads", py_effective_threads, METH_VARARGS,

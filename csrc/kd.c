@@ -38,45 +38,66 @@ int kd_count_rows(const kd_rows *rows, int64_t n_rows, int64_t n_cols,
 
 /* ---- dispatch ------------------------------------------------------------- */
 
-static int kd_isa_choice = -1; /* -1: not decided yet, 0: baseline, 1: AVX2 */
+/* -1: not decided yet, 0: baseline, 1: AVX2 + FMA, 2: AVX-512F */
+static int kd_isa_choice = -1;
 
-static int kd_use_avx2(void)
+#if KD_HAVE_AVX2_BUILD
+static int kd_cpu_has(int level)
+{
+    __builtin_cpu_init();
+    if (level >= 1 && !(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")))
+        return 0;
+    if (level >= 2 && !__builtin_cpu_supports("avx512f"))
+        return 0;
+    return 1;
+}
+
+static int kd_env_off(const char *name)
+{
+    const char *off = getenv(name);
+    return off && off[0] && off[0] != '0';
+}
+#endif
+
+static int kd_isa(void)
 {
     int c = kd_isa_choice;
     if (c < 0) {
         c = 0;
 #if KD_HAVE_AVX2_BUILD
-        const char *off = getenv("KDTEMP_DISABLE_AVX2");
-        __builtin_cpu_init();
-        c = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && !(off && off[0] && off[0] != '0');
+        /* KDTEMP_DISABLE_AVX2 forces the baseline, KDTEMP_DISABLE_AVX512 AVX2 */
+        if (!kd_env_off("KDTEMP_DISABLE_AVX2") && kd_cpu_has(1))
+            c = !kd_env_off("KDTEMP_DISABLE_AVX512") && kd_cpu_has(2) ? 2 : 1;
 #endif
         kd_isa_choice = c; /* every thread computes the same value: a benign race */
     }
     return c;
 }
 
-const char *kd_isa_name(void) { return kd_use_avx2() ? "avx2" : "baseline"; }
+static const char *const kd_isa_names[] = {"baseline", "avx2", "avx512"};
+
+const char *kd_isa_name(void) { return kd_isa_names[kd_isa()]; }
 
 int kd_set_isa(const char *name)
 {
-    if (strcmp(name, "baseline") == 0) {
-        kd_isa_choice = 0;
-        return 0;
-    }
+    for (int level = 0; level < 3; level++) {
+        if (strcmp(name, kd_isa_names[level]) != 0)
+            continue;
 #if KD_HAVE_AVX2_BUILD
-    if (strcmp(name, "avx2") == 0) {
-        __builtin_cpu_init();
-        if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma"))
+        if (!kd_cpu_has(level))
             return -1;
-        kd_isa_choice = 1;
+#else
+        if (level > 0)
+            return -1;
+#endif
+        kd_isa_choice = level;
         return 0;
     }
-#endif
     return -1;
 }
 
 #if KD_HAVE_AVX2_BUILD
-#define KD_PICK(fn) (kd_use_avx2() ? fn##_avx2 : fn##_base)
+#define KD_PICK(fn) (kd_isa() == 2 ? fn##_avx512 : kd_isa() == 1 ? fn##_avx2 : fn##_base)
 #else
 #define KD_PICK(fn) fn##_base
 #endif

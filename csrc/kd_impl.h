@@ -13,14 +13,16 @@
 #define KD_CAT(a, b) KD_CAT_(a, b)
 #define NAME(fn) KD_CAT(KD_CAT(fn, SFX), KD_ISA)
 
-/* 1/t in the element type, at most its largest finite value: a temperature
- * below ~1/FT_MAX (float: 2.9e-39) would give an infinite inverse and then
- * (x - max) * inf = NaN at the maximum; the clamp keeps the t -> 0 limit, a
- * one-hot softmax. */
+/* 1/t in the element type, in [1/FT_MAX, FT_MAX]: a temperature below
+ * ~1/FT_MAX (float: 2.9e-39) would give an infinite inverse and then
+ * (x - max) * inf = NaN at the maximum, one above ~1e45 an inverse of 0 and
+ * -inf * 0 = NaN at a masked logit; the clamps keep the limits, a one-hot
+ * softmax as t -> 0 and a uniform one over the finite logits as t -> inf.
+ * (The binding refuses temperatures outside that range.) */
 static inline FT NAME(inv_temp)(double t)
 {
-    const double r = 1.0 / t;
-    return r < (double)FT_MAX ? (FT)r : FT_MAX;
+    const double r = 1.0 / t, lo = 1.0 / (double)FT_MAX;
+    return r < (double)FT_MAX ? (r > lo ? (FT)r : (FT)lo) : FT_MAX;
 }
 
 /* The last C % VL entries as one vector, the other lanes `pad`: with pad =
@@ -264,7 +266,7 @@ NAME(row_div_grad_as)(const int div, const FT *z, const FT *v, int64_t C, FT mz,
         if (use_ce)
             ce = cC * VEXP(zz - mz) - c_eps;
         VEC eS = NAME(cached_exp)(cS, j, C, b), eT = NAME(cached_exp)(cT, j, C, a);
-        kd_v4d gp[2];
+        kd_v4d gp[VPARTS];
         for (int q = 0; q < VPARTS; q++) {
             kd_v4d pS, d, h;
             kd_div_terms_v4d(div, VPART(b, q), VPART(a, q), VPART(eS, q), VPART(eT, q), ls, lt,
@@ -768,7 +770,7 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
                     if (use_ce)
                         gj -= c_eps;
                     if (cB != 0.0) {
-                        kd_v4d gp[2];
+                        kd_v4d gp[VPARTS];
                         for (int h = 0; h < VPARTS; h++) {
                             kd_v4d zd = VPART(zz, h);
                             gp[h] = VPART(gj, h) +

@@ -16,11 +16,14 @@ KD_KERNEL_DECLS(f64_base, double)
 #if KD_HAVE_AVX2_BUILD
 KD_KERNEL_DECLS(f32_avx2, float)
 KD_KERNEL_DECLS(f64_avx2, double)
+KD_KERNEL_DECLS(f32_avx512, float)
+KD_KERNEL_DECLS(f64_avx512, double)
 #endif
 
-/* "avx2" or "baseline": the build the entry points run */
+/* "avx512", "avx2" or "baseline": the build the entry points run */
 const char *kd_isa_name(void);
-/* force a build ("baseline", or "avx2" if the CPU has AVX2 and FMA); 0 on success */
+/* force a build ("baseline", "avx2" if the CPU has AVX2 and FMA, "avx512"
+ * if it has AVX-512F too); 0 on success */
 int kd_set_isa(const char *name);
 
 #endif

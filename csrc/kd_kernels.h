@@ -1,8 +1,9 @@
 /* The KD kernel bodies (kd_impl.h) for float and double, compiled once per
  * instruction set: kd.c includes this with KD_ISA base, kd_avx2.c with
- * KD_ISA avx2 under an AVX2+FMA target. The arithmetic is the same
- * eight-lane sequence; the exps' multiply-adds are fused in the AVX2 build
- * only (kd_fma_v8f), everything else stays unfused (-std=c11), so the two
+ * KD_ISA avx2 under an AVX2+FMA target, kd_avx512.c with KD_ISA avx512
+ * (64-byte vectors: sixteen float / eight double lanes) under AVX-512F. The
+ * vector builds fuse the exps' multiply-adds (kd_fma_*), everything else
+ * stays unfused (-std=c11); with the lane count of the AVX-512 sums, the
  * builds agree to an ulp or so of each exp, and each gives the same bits for
  * any thread count. */
 #include <float.h>
@@ -20,6 +21,25 @@
 #define FT_MAX FLT_MAX
 #define SFX f32
 #define EXP kd_exp_f32
+#ifdef KD_AVX512
+#define VL 16
+#define VEC kd_v16f
+#define VINT kd_v16i
+#define VLOAD kd_load_v16f
+#define VSTORE kd_store_v16f
+#define VLOADTAIL kd_load_tail_v16f
+#define VSTORETAIL kd_store_tail_v16f
+#define VSEL kd_sel_v16f
+#define VMAX kd_max_v16f
+#define VEXP kd_exp_v16f
+#define VPARTS 4
+#define VPART kd_part_v16f
+#define VJOIN(p) kd_join_v16f(p)
+#define ACC kd_acc16
+#define ACC_ADD kd_acc_add_v16f
+#define ACC_MUL kd_acc_mul_v16f
+#define ACC_SUM kd_acc_sum_v16f
+#else
 #define VL 8
 #define VEC kd_v8f
 #define VINT kd_v8i
@@ -37,6 +57,7 @@
 #define ACC_ADD kd_acc_add_v8f
 #define ACC_MUL kd_acc_mul_v8f
 #define ACC_SUM kd_acc_sum_v8f
+#endif
 #include "kd_impl.h"
 #undef FT
 #undef FT_MAX
@@ -64,6 +85,25 @@
 #define FT_MAX DBL_MAX
 #define SFX f64
 #define EXP kd_exp_f64
+#ifdef KD_AVX512
+#define VL 8
+#define VEC kd_v8d
+#define VINT kd_v8l
+#define VLOAD kd_load_v8d
+#define VSTORE kd_store_v8d
+#define VLOADTAIL kd_load_tail_v8d
+#define VSTORETAIL kd_store_tail_v8d
+#define VSEL kd_sel_v8d
+#define VMAX kd_max_v8d
+#define VEXP kd_exp_v8d
+#define VPARTS 2
+#define VPART kd_part_v8d
+#define VJOIN(p) kd_join_v8d(p)
+#define ACC kd_v8d
+#define ACC_ADD kd_acc_add_v8d
+#define ACC_MUL kd_acc_mul_v8d
+#define ACC_SUM kd_acc_sum_v8d
+#else
 #define VL 4
 #define VEC kd_v4d
 #define VINT kd_v4l
@@ -81,6 +121,7 @@
 #define ACC_ADD kd_acc_add_v4d
 #define ACC_MUL kd_acc_mul_v4d
 #define ACC_SUM kd_acc_sum_v4d
+#endif
 #include "kd_impl.h"
 #undef FT
 #undef FT_MAX

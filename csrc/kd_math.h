@@ -277,59 +277,65 @@ KD_VINLINE void kd_acc_add_v4d(kd_v4d *acc, kd_v4d x) { *acc += x; }
 KD_VINLINE void kd_acc_mul_v4d(kd_v4d *acc, kd_v4d x, kd_v4d y) { *acc += x * y; }
 KD_VINLINE double kd_acc_sum_v4d(kd_v4d acc) { return (acc[0] + acc[1]) + (acc[2] + acc[3]); }
 
-/* kd_exp_f32, eight lanes, for x <= 0 (or NaN): every vector exp in the
- * kernels is of (x - row max) / t, so the scalar function's overflow clamp is
- * left out, and so is its underflow clamp: lanes below KD_EXPF_LO compute
- * garbage (never a subnormal: 2^n's bits are whole exponents) that the last
- * mask turns into 0 (-inf included). Multiply-adds are fused in the AVX2
- * build. */
-KD_VINLINE kd_v8f kd_exp_v8f(kd_v8f x)
-{
-    const kd_v8f zero = {0};
-    const kd_v8i under = x < zero + KD_EXPF_LO;
-    const kd_v8f shifter = zero + KD_SHIFTER_F;
-    kd_v8f t = kd_fma_v8f(x, zero + 1.44269504088896341f, shifter);
-    kd_v8f n = t - shifter;
-    kd_v8f r = kd_fma_v8f(n, zero - KD_LN2_HI_F, x);
-    r = kd_fma_v8f(n, zero + KD_LN2_LO_NEG_F, r);
-    kd_v8f q = zero + KD_EXPF_Q4;
-    q = kd_fma_v8f(q, r, zero + KD_EXPF_Q3);
-    q = kd_fma_v8f(q, r, zero + KD_EXPF_Q2);
-    q = kd_fma_v8f(q, r, zero + KD_EXPF_Q1);
-    q = kd_fma_v8f(q, r, zero + KD_EXPF_Q0);
-    kd_v8f y = kd_fma_v8f(q, r * r, r) + 1.0f;
-    const kd_v8u bits = ((kd_v8u)t << 23) + ((127u - 0x4B400000u) << 23);
-    y = y * (kd_v8f)bits;
-    return (kd_v8f)((kd_v8i)y & ~under);
-}
+/* kd_exp_f32 on float lanes V (int lanes I, unsigned U, multiply-add FMA),
+ * for x <= 0 (or NaN): every vector exp in the kernels is of
+ * (x - row max) / t, so the scalar function's overflow clamp is left out,
+ * and so is its underflow clamp: lanes below KD_EXPF_LO compute garbage
+ * (never a subnormal: 2^n's bits are whole exponents) that the last mask
+ * turns into 0 (-inf included). Multiply-adds are fused in the AVX2 and
+ * AVX-512 builds. */
+#define KD_DEFINE_EXPF(NAME, V, I, U, FMA)                                       \
+    KD_VINLINE V NAME(V x)                                                       \
+    {                                                                            \
+        const V zero = {0};                                                      \
+        const I under = x < zero + KD_EXPF_LO;                                   \
+        const V shifter = zero + KD_SHIFTER_F;                                   \
+        V t = FMA(x, zero + 1.44269504088896341f, shifter);                      \
+        V n = t - shifter;                                                       \
+        V r = FMA(n, zero - KD_LN2_HI_F, x);                                     \
+        r = FMA(n, zero + KD_LN2_LO_NEG_F, r);                                   \
+        V q = zero + KD_EXPF_Q4;                                                 \
+        q = FMA(q, r, zero + KD_EXPF_Q3);                                        \
+        q = FMA(q, r, zero + KD_EXPF_Q2);                                        \
+        q = FMA(q, r, zero + KD_EXPF_Q1);                                        \
+        q = FMA(q, r, zero + KD_EXPF_Q0);                                        \
+        V y = FMA(q, r * r, r) + 1.0f;                                           \
+        const U bits = ((U)t << 23) + ((127u - 0x4B400000u) << 23);              \
+        y = y * (V)bits;                                                         \
+        return (V)((I)y & ~under);                                               \
+    }
 
-/* kd_exp_f64, four lanes, for x <= 0 (or NaN), as kd_exp_v8f */
-KD_VINLINE kd_v4d kd_exp_v4d(kd_v4d x)
-{
-    const kd_v4d zero = {0};
-    const kd_v4l under = x < zero - 708.3964185322641;
-    const kd_v4d shifter = zero + 6755399441055744.0; /* 1.5 * 2^52 */
-    kd_v4d t = kd_fma_v4d(x, zero + 1.4426950408889634074, shifter);
-    kd_v4d n = t - shifter;
-    kd_v4d r = kd_fma_v4d(n, zero - 6.93147180369123816490e-01, x);
-    r = kd_fma_v4d(n, zero - 1.90821492927058770002e-10, r);
-    kd_v4d p = zero + 1.0 / 6227020800.0;
-    p = kd_fma_v4d(p, r, zero + 1.0 / 479001600.0);
-    p = kd_fma_v4d(p, r, zero + 1.0 / 39916800.0);
-    p = kd_fma_v4d(p, r, zero + 1.0 / 3628800.0);
-    p = kd_fma_v4d(p, r, zero + 1.0 / 362880.0);
-    p = kd_fma_v4d(p, r, zero + 1.0 / 40320.0);
-    p = kd_fma_v4d(p, r, zero + 1.0 / 5040.0);
-    p = kd_fma_v4d(p, r, zero + 1.0 / 720.0);
-    p = kd_fma_v4d(p, r, zero + 1.0 / 120.0);
-    p = kd_fma_v4d(p, r, zero + 1.0 / 24.0);
-    p = kd_fma_v4d(p, r, zero + 1.0 / 6.0);
-    p = kd_fma_v4d(p, r, zero + 0.5);
-    kd_v4d y = kd_fma_v4d(p, r * r, r) + 1.0;
-    const kd_v4ul bits = ((kd_v4ul)t << 52) + ((1023ull - 0x4338000000000000ull) << 52);
-    y = y * (kd_v4d)bits;
-    return (kd_v4d)((kd_v4l)y & ~under);
-}
+/* kd_exp_f64 on double lanes, for x <= 0 (or NaN), as KD_DEFINE_EXPF */
+#define KD_DEFINE_EXPD(NAME, V, I, U, FMA)                                       \
+    KD_VINLINE V NAME(V x)                                                       \
+    {                                                                            \
+        const V zero = {0};                                                      \
+        const I under = x < zero - 708.3964185322641;                            \
+        const V shifter = zero + 6755399441055744.0; /* 1.5 * 2^52 */            \
+        V t = FMA(x, zero + 1.4426950408889634074, shifter);                     \
+        V n = t - shifter;                                                       \
+        V r = FMA(n, zero - 6.93147180369123816490e-01, x);                      \
+        r = FMA(n, zero - 1.90821492927058770002e-10, r);                        \
+        V p = zero + 1.0 / 6227020800.0;                                         \
+        p = FMA(p, r, zero + 1.0 / 479001600.0);                                 \
+        p = FMA(p, r, zero + 1.0 / 39916800.0);                                  \
+        p = FMA(p, r, zero + 1.0 / 3628800.0);                                   \
+        p = FMA(p, r, zero + 1.0 / 362880.0);                                    \
+        p = FMA(p, r, zero + 1.0 / 40320.0);                                     \
+        p = FMA(p, r, zero + 1.0 / 5040.0);                                      \
+        p = FMA(p, r, zero + 1.0 / 720.0);                                       \
+        p = FMA(p, r, zero + 1.0 / 120.0);                                       \
+        p = FMA(p, r, zero + 1.0 / 24.0);                                        \
+        p = FMA(p, r, zero + 1.0 / 6.0);                                         \
+        p = FMA(p, r, zero + 0.5);                                               \
+        V y = FMA(p, r * r, r) + 1.0;                                            \
+        const U bits = ((U)t << 52) + ((1023ull - 0x4338000000000000ull) << 52); \
+        y = y * (V)bits;                                                         \
+        return (V)((I)y & ~under);                                               \
+    }
+
+KD_DEFINE_EXPF(kd_exp_v8f, kd_v8f, kd_v8i, kd_v8u, kd_fma_v8f)
+KD_DEFINE_EXPD(kd_exp_v4d, kd_v4d, kd_v4l, kd_v4ul, kd_fma_v4d)
 
 /* log(x) for x > 0, four double lanes: x = m 2^e, m in [sqrt(1/2), sqrt(2)), and
  * log m = 2 atanh(s), s = (m - 1)/(m + 1), |s| <= 0.1716, by its series to
@@ -377,5 +383,140 @@ KD_VINLINE kd_v4d kd_part_v4d(kd_v4d x, int i)
     (void)i;
     return x;
 }
+
+#ifdef KD_AVX512
+/* ---- sixteen float / eight double lanes (the AVX-512 build) ---------------
+ * The same operations on 64-byte vectors; the row sums' lane structure is
+ * sixteen (eight) lanes, so this build's bits differ from the 32-byte
+ * builds' in the order of its sums, and are again the same for any thread
+ * count. The double-lane terms of the divergences still run on four-double
+ * parts. */
+typedef float kd_v16f __attribute__((vector_size(64)));
+typedef int32_t kd_v16i __attribute__((vector_size(64)));
+typedef uint32_t kd_v16u __attribute__((vector_size(64)));
+typedef double kd_v8d __attribute__((vector_size(64)));
+typedef int64_t kd_v8l __attribute__((vector_size(64)));
+typedef uint64_t kd_v8ul __attribute__((vector_size(64)));
+
+typedef struct {
+    kd_v8d lo, hi;
+} kd_acc16;
+
+KD_VINLINE kd_v16f kd_load_v16f(const float *p)
+{
+    kd_v16f v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+KD_VINLINE kd_v8d kd_load_v8d(const double *p)
+{
+    kd_v8d v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+KD_VINLINE void kd_store_v16f(float *p, kd_v16f v) { memcpy(p, &v, sizeof v); }
+KD_VINLINE void kd_store_v8d(double *p, kd_v8d v) { memcpy(p, &v, sizeof v); }
+KD_VINLINE kd_v16f kd_sel_v16f(kd_v16i m, kd_v16f a, kd_v16f b)
+{
+    return (kd_v16f)(((kd_v16i)a & m) | ((kd_v16i)b & ~m));
+}
+KD_VINLINE kd_v8d kd_sel_v8d(kd_v8l m, kd_v8d a, kd_v8d b)
+{
+    return (kd_v8d)(((kd_v8l)a & m) | ((kd_v8l)b & ~m));
+}
+KD_VINLINE kd_v16f kd_max_v16f(kd_v16f v, kd_v16f m) { return (kd_v16f)_mm512_max_ps((__m512)v, (__m512)m); }
+KD_VINLINE kd_v8d kd_max_v8d(kd_v8d v, kd_v8d m) { return (kd_v8d)_mm512_max_pd((__m512d)v, (__m512d)m); }
+KD_VINLINE kd_v16f kd_fma_v16f(kd_v16f a, kd_v16f b, kd_v16f c)
+{
+    return (kd_v16f)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+}
+KD_VINLINE kd_v8d kd_fma_v8d(kd_v8d a, kd_v8d b, kd_v8d c)
+{
+    return (kd_v8d)_mm512_fmadd_pd((__m512d)a, (__m512d)b, (__m512d)c);
+}
+KD_DEFINE_EXPF(kd_exp_v16f, kd_v16f, kd_v16i, kd_v16u, kd_fma_v16f)
+KD_DEFINE_EXPD(kd_exp_v8d, kd_v8d, kd_v8l, kd_v8ul, kd_fma_v8d)
+
+/* tails: masked loads and stores (no fault beyond the row) */
+KD_VINLINE kd_v16f kd_load_tail_v16f(const float *x, int64_t n, float pad)
+{
+    return (kd_v16f)_mm512_mask_loadu_ps(_mm512_set1_ps(pad), (__mmask16)((1u << n) - 1u), x);
+}
+KD_VINLINE kd_v8d kd_load_tail_v8d(const double *x, int64_t n, double pad)
+{
+    return (kd_v8d)_mm512_mask_loadu_pd(_mm512_set1_pd(pad), (__mmask8)((1u << n) - 1u), x);
+}
+KD_VINLINE void kd_store_tail_v16f(float *x, int64_t n, kd_v16f v)
+{
+    _mm512_mask_storeu_ps(x, (__mmask16)((1u << n) - 1u), (__m512)v);
+}
+KD_VINLINE void kd_store_tail_v8d(double *x, int64_t n, kd_v8d v)
+{
+    _mm512_mask_storeu_pd(x, (__mmask8)((1u << n) - 1u), (__m512d)v);
+}
+
+/* halves: eight floats to eight doubles */
+KD_VINLINE kd_v8d kd_widen_lo_v16f(kd_v16f x)
+{
+    return (kd_v8d)_mm512_cvtps_pd(_mm512_castps512_ps256((__m512)x));
+}
+KD_VINLINE kd_v8d kd_widen_hi_v16f(kd_v16f x)
+{
+    return (kd_v8d)_mm512_cvtps_pd(
+        _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd((__m512)x), 1)));
+}
+KD_VINLINE void kd_acc_add_v16f(kd_acc16 *acc, kd_v16f x)
+{
+    acc->lo += kd_widen_lo_v16f(x);
+    acc->hi += kd_widen_hi_v16f(x);
+}
+KD_VINLINE void kd_acc_mul_v16f(kd_acc16 *acc, kd_v16f x, kd_v16f y)
+{
+    acc->lo += kd_widen_lo_v16f(x) * kd_widen_lo_v16f(y);
+    acc->hi += kd_widen_hi_v16f(x) * kd_widen_hi_v16f(y);
+}
+KD_VINLINE double kd_acc_sum_v8d(kd_v8d acc)
+{
+    double s[8];
+    kd_store_v8d(s, acc);
+    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+}
+KD_VINLINE double kd_acc_sum_v16f(kd_acc16 acc)
+{
+    return kd_acc_sum_v8d(acc.lo) + kd_acc_sum_v8d(acc.hi);
+}
+KD_VINLINE void kd_acc_add_v8d(kd_v8d *acc, kd_v8d x) { *acc += x; }
+KD_VINLINE void kd_acc_mul_v8d(kd_v8d *acc, kd_v8d x, kd_v8d y) { *acc += x * y; }
+
+/* four-double parts (the divergence terms) and back */
+KD_VINLINE kd_v4d kd_part_v16f(kd_v16f x, int i)
+{
+    kd_v4f q;
+    memcpy(&q, (const char *)&x + i * sizeof q, sizeof q);
+    return kd_widen_v4f(q);
+}
+KD_VINLINE kd_v16f kd_join_v16f(const kd_v4d *p)
+{
+    kd_v16f r;
+    for (int i = 0; i < 4; i++) {
+        kd_v4f q = kd_narrow_v4d(p[i]);
+        memcpy((char *)&r + i * sizeof q, &q, sizeof q);
+    }
+    return r;
+}
+KD_VINLINE kd_v4d kd_part_v8d(kd_v8d x, int i)
+{
+    kd_v4d q;
+    memcpy(&q, (const char *)&x + i * sizeof q, sizeof q);
+    return q;
+}
+KD_VINLINE kd_v8d kd_join_v8d(const kd_v4d *p)
+{
+    kd_v8d r;
+    memcpy(&r, &p[0], sizeof p[0]);
+    memcpy((char *)&r + sizeof p[0], &p[1], sizeof p[1]);
+    return r;
+}
+#endif
 
 #endif

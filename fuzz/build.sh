@@ -20,22 +20,24 @@ if [ "${KDFUZZ_INSTALL:-0}" = 1 ] && ! command -v "${CC_FUZZ:-clang}" >/dev/null
 fi
 
 CC_FUZZ=${CC_FUZZ:-clang}
-srcs="csrc/kd.c csrc/kd_avx2.c csrc/annealing.c csrc/dts.c fuzz/fuzz_kd.c"
+srcs="csrc/kd.c csrc/kd_avx2.c csrc/kd_avx512.c csrc/annealing.c csrc/dts.c fuzz/fuzz_kd.c"
 # the extension's own math flags; no FMA contraction (dts.h's bitwise twin)
 common="${KDFUZZ_CFLAGS:-} -std=c11 -Icsrc -g -fno-omit-frame-pointer -fno-math-errno -fno-trapping-math -ffp-contract=off -Wno-psabi"
 san="-fsanitize=address,undefined -fno-sanitize-recover=all"
 
-# clang (14) does not carry kd_avx2.c's `#pragma clang attribute push(target("avx2"))`
+# clang (14) does not carry kd_avx2.c's `#pragma clang attribute push(target(...))`
 # into OpenMP's outlined parallel regions and then rejects the AVX vector
-# calls there; compiling that file with -mavx2 gives it the same code. (The
-# harness runs the AVX2 build only on a CPU that has it.)
+# calls there; compiling kd_avx2.c / kd_avx512.c with their targets' flags gives
+# them the same code. (The harness runs a build only on a CPU that has it.)
 # Every translation unit compiles in parallel (the kernels' templated bodies
 # take a while under the sanitizers).
 pids=()
 objs=""
 for s in $srcs; do
     o="$out/$(basename "${s%.c}").fuzz.o"
-    extra=""; [ "$s" = csrc/kd_avx2.c ] && extra="-mavx2"
+    extra=""
+    [ "$s" = csrc/kd_avx2.c ] && extra="-mavx2 -mfma"
+    [ "$s" = csrc/kd_avx512.c ] && extra="-mavx512f -mavx2 -mfma"
     $CC_FUZZ $common -O1 -fsanitize=fuzzer-no-link $san -fopenmp $extra -c "$s" -o "$o" &
     pids+=($!)
     objs="$objs $o"

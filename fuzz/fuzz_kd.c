@@ -244,7 +244,17 @@ static int64_t in_stride(rd *r, int64_t n, int64_t C)
 
 /* ------------------------------------------------------------------------- */
 
-static int have_avx2;
+static int have_avx2, have_avx512, wide_pick;
+
+/* the build an input's `isa` flag picks: baseline (0), or a vector build;
+ * which one (AVX2 or AVX-512, when the CPU has both) follows from the input's
+ * bytes, so that a replay runs the same one */
+static const char *fuzz_isa(int isa)
+{
+    if (!isa || !have_avx2)
+        return "baseline";
+    return have_avx512 && wide_pick ? "avx512" : "avx2";
+}
 
 /* a row counts when its label is not ignore_index and its mask is not 0 (kd.h) */
 static int counts_row(const kd_rows *r, int64_t i)
@@ -507,11 +517,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     static int init;
     if (!init) {
         have_avx2 = kd_set_isa("avx2") == 0;
+        have_avx512 = kd_set_isa("avx512") == 0;
         verbose = getenv("KDFUZZ_VERBOSE") && getenv("KDFUZZ_VERBOSE")[0] == '1';
         kd_set_isa("baseline");
         init = 1;
     }
     rd r = {data, size, 0};
+    unsigned byte_sum = 0;
+    for (size_t k = 0; k < size; k++)
+        byte_sum += data[k];
+    wide_pick = (byte_sum ^ (unsigned)size) & 1;
     cur_data = data;
     cur_size = size;
     unsigned op = u8(&r);
@@ -926,7 +941,7 @@ typedef struct {
 static int F(call_forward)(const F(fwd_args) *A, double *loss, FT *g, int64_t gs, double *tso,
                            double *tto, int threads, int isa, kd_status *st)
 {
-    kd_set_isa(isa && have_avx2 ? "avx2" : "baseline");
+    kd_set_isa(fuzz_isa(isa));
     st->code = 99;
     st->row = 99;
     int rc = KF_CAT(kd_forward, SFX)(A->n, A->C, A->z, A->zs, A->v, A->vs, A->ts, A->tt,
@@ -1552,9 +1567,9 @@ static void F(fuzz_softmax)(rd *r)
     }
     const FT *xin = (const FT *)((const char *)xcopy + ((const char *)x - (const char *)xa));
     kd_status st1, st2;
-    kd_set_isa(isa && have_avx2 ? "avx2" : "baseline"); /* run 1 too: the builds differ in rounding */
+    kd_set_isa(fuzz_isa(isa)); /* run 1 too: the builds differ in rounding */
     int rc1 = KF_CAT(kd_softmax, SFX)(n, C, xin, xs, t, log_space, check_finite, o1, C, 1, &st1);
-    kd_set_isa(isa && have_avx2 ? "avx2" : "baseline");
+    kd_set_isa(fuzz_isa(isa));
     int rc2 = KF_CAT(kd_softmax, SFX)(n, C, x, xs, t, log_space, check_finite, o2, os2, threads, &st2);
     kd_set_isa("baseline");
     CHECKM(rc1 == exp_code, "softmax code %d expected %d", rc1, exp_code);
@@ -1671,9 +1686,9 @@ static void F(fuzz_lse)(rd *r)
     }
     double *o1 = malloc(sizeof(double) * (size_t)(n + 1)), *o2 = malloc(sizeof(double) * (size_t)(n + 1));
     kd_status st1, st2;
-    kd_set_isa(isa && have_avx2 ? "avx2" : "baseline"); /* run 1 too: the builds differ in rounding */
+    kd_set_isa(fuzz_isa(isa)); /* run 1 too: the builds differ in rounding */
     int rc1 = KF_CAT(kd_lse, SFX)(n, C, x, xs, t, check_finite, o1, 1, &st1);
-    kd_set_isa(isa && have_avx2 ? "avx2" : "baseline");
+    kd_set_isa(fuzz_isa(isa));
     int rc2 = KF_CAT(kd_lse, SFX)(n, C, x, xs, t, check_finite, o2, threads, &st2);
     kd_set_isa("baseline");
     CHECKM(rc1 == exp_code, "lse code %d expected %d", rc1, exp_code);
@@ -1930,9 +1945,9 @@ static void F(fuzz_row_stats)(rd *r)
         o[k] = ok;
     }
     kd_status st1, st2;
-    kd_set_isa(isa && have_avx2 ? "avx2" : "baseline"); /* run 1 too: the builds differ in rounding */
+    kd_set_isa(fuzz_isa(isa)); /* run 1 too: the builds differ in rounding */
     int rc1 = KF_CAT(kd_row_stats, SFX)(n, C, x, xs, t, &rows, check_finite, &o[0], 1, &st1);
-    kd_set_isa(isa && have_avx2 ? "avx2" : "baseline");
+    kd_set_isa(fuzz_isa(isa));
     int rc2 = KF_CAT(kd_row_stats, SFX)(n, C, x, xs, t, &rows, check_finite, &o[1], threads, &st2);
     kd_set_isa("baseline");
     CHECKM(rc1 == exp_code, "row_stats code %d expected %d", rc1, exp_code);
@@ -2058,9 +2073,9 @@ static void F(fuzz_profile)(rd *r)
     for (int64_t q = 0; q <= W; q++)
         o1[q] = o2[q] = -42.0;
     kd_status st1, st2;
-    kd_set_isa(isa && have_avx2 ? "avx2" : "baseline"); /* run 1 too: the builds differ in rounding */
+    kd_set_isa(fuzz_isa(isa)); /* run 1 too: the builds differ in rounding */
     int rc1 = KF_CAT(kd_profile, SFX)(n, C, z, zs, v, vs, temps, K, &rows, check_finite, o1, 1, &st1);
-    kd_set_isa(isa && have_avx2 ? "avx2" : "baseline");
+    kd_set_isa(fuzz_isa(isa));
     int rc2 = KF_CAT(kd_profile, SFX)(n, C, z, zs, v, vs, temps, K, &rows, check_finite, o2, threads, &st2);
     kd_set_isa("baseline");
     CHECKM(rc1 == exp_code, "profile code %d expected %d", rc1, exp_code);

@@ -146,6 +146,8 @@ for _name in ("kd_loss", "dkd_loss"):
         lambda f=_f: f(z(), v(), temperature="4"))
     add(_name, "float32 logits, temperature=1e-40 (1/t overflows)", ValueError, "temperature",
         lambda f=_f: f(z(np.float32), v(np.float32), temperature=1e-40))
+    add(_name, "float32 logits, temperature=1e39 (beyond float32)", ValueError, "temperature",
+        lambda f=_f: f(z(np.float32), v(np.float32), temperature=1e39))
     add(_name, "float64 logits, temperature=1e-310 (1/t overflows)", ValueError, "temperature",
         lambda f=_f: f(z(), v(), temperature=1e-310))
     add(_name, "label C (out of range)", ValueError, "labels",
@@ -248,6 +250,8 @@ for _name, _f in (("softmax", kdtemp.softmax), ("log_softmax", kdtemp.log_softma
         lambda f=_f: f(z(), np.ones(N - 1)))
     add(_name, "float32 logits, temperature=1e-40 (1/t overflows)", ValueError, "temperature",
         lambda f=_f: f(z(np.float32), 1e-40))
+    add(_name, "float32 logits, temperature=1e39 (beyond float32)", ValueError, "temperature",
+        lambda f=_f: f(z(np.float32), 1e39))
     add(_name, "n_threads=0", ValueError, "n_threads",
         lambda f=_f: f(z(), n_threads=0))
 for _name, _f in (("softmax", kdtemp.softmax), ("log_softmax", kdtemp.log_softmax)):

@@ -56,16 +56,31 @@ def test_threadpoolctl_sees_and_limits_openmp():
     assert a.loss == b.loss and np.array_equal(a.grad, b.grad)
 
 
+def _builds():
+    """The instruction-set builds this CPU can run, the default one last."""
+    default = _kdtemp.isa()
+    found = []
+    for isa in ("baseline", "avx2", "avx512"):
+        try:
+            _kdtemp._set_isa(isa)
+        except ValueError:
+            continue
+        found.append(isa)
+    _kdtemp._set_isa(default)
+    return found
+
+
 def _each_isa(fn):
-    """fn() under the baseline and the AVX2 (+FMA) build: {isa: result}."""
+    """fn() under every build this CPU runs: {isa: result}."""
+    default = _kdtemp.isa()
     out = {}
     try:
-        for isa in ("avx2", "baseline"):
+        for isa in _builds():
             _kdtemp._set_isa(isa)
             assert _kdtemp.isa() == isa
             out[isa] = fn()
     finally:
-        _kdtemp._set_isa("avx2")
+        _kdtemp._set_isa(default)
     return out
 
 
@@ -77,10 +92,11 @@ def _flat(results):
 
 
 def test_isa_builds_agree():
-    """Each build gives the same bits for any thread count; the AVX2 build fuses
-    the exps' multiply-adds, so the two builds agree to rounding, not bits."""
-    if _kdtemp.isa() != "avx2":
-        pytest.skip("no AVX2 build on this machine")
+    """Each build gives the same bits for any thread count; the AVX2 and
+    AVX-512 builds fuse the exps' multiply-adds (and AVX-512 sums sixteen
+    lanes), so the builds agree to rounding, not bits."""
+    if len(_builds()) < 2:
+        pytest.skip("only the baseline build runs on this machine")
     rng = np.random.default_rng(1)
     z, v = (rng.normal(size=(2, 33, 1001)) * 4).astype(np.float32)
     y = rng.integers(0, 1001, 33)
@@ -99,9 +115,19 @@ def test_isa_builds_agree():
     for isa, (one, three) in per_isa.items():
         for a, b in zip(one, three):
             assert np.array_equal(np.asarray(a), np.asarray(b)), isa
-    fast, base = per_isa["avx2"][0], per_isa["baseline"][0]
-    for f, b in zip(fast, base):
-        f, b = np.asarray(f, dtype=np.float64), np.asarray(b, dtype=np.float64)
-        np.testing.assert_allclose(f, b, rtol=2e-5, atol=2e-6 * np.abs(b).max())
+    base = per_isa["baseline"][0]
+    for isa, (fast, _) in per_isa.items():
+        for f, b in zip(fast, base):
+            f, b = np.asarray(f, dtype=np.float64), np.asarray(b, dtype=np.float64)
+            np.testing.assert_allclose(f, b, rtol=2e-5, atol=2e-6 * np.abs(b).max(),
+                                       err_msg=isa)
     with pytest.raises(ValueError, match="instruction set"):
         _kdtemp._set_isa("sse9")
+
+
+def test_default_build_is_the_widest():
+    """Without KDTEMP_DISABLE_* the kernels run the widest build the CPU has."""
+    import os
+    if os.environ.get("KDTEMP_DISABLE_AVX2") or os.environ.get("KDTEMP_DISABLE_AVX512"):
+        pytest.skip("a build is disabled in this environment")
+    assert _kdtemp.isa() == _builds()[-1]

@@ -125,14 +125,16 @@ def min_temperature(dtype) -> float:
 
 def _check_min_temperature(t: np.ndarray, name: str, dtype, where=None) -> None:
     """ValueError naming ``name`` for the first value of ``t`` below
-    :func:`min_temperature`; ``where(i)`` says where it is."""
-    lo = min_temperature(dtype)
-    low = np.asarray(t) < lo
-    if low.any():
-        i = int(np.flatnonzero(low)[0])
+    :func:`min_temperature` or above the dtype's largest value (whose inverse
+    would underflow); ``where(i)`` says where it is."""
+    lo, hi = min_temperature(dtype), float(np.finfo(dtype).max)
+    bad = (np.asarray(t) < lo) | (np.asarray(t) > hi)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
         at = where(i) if where else ""
-        raise ValueError(f"`{name}` must be >= {lo:.3g} for {np.dtype(dtype).name} logits "
-                         f"(its inverse must be finite), got {float(np.ravel(t)[i])!r}{at}")
+        raise ValueError(f"`{name}` must be in [{lo:.3g}, {hi:.3g}] for {np.dtype(dtype).name} "
+                         f"logits (it and its inverse must be finite), "
+                         f"got {float(np.ravel(t)[i])!r}{at}")
 
 
 def _temperatures(t, n: int, name: str, lead: Optional[Tuple[int, ...]] = None,

@@ -145,15 +145,16 @@ def _temperature(t: Any, name: str, lead: Tuple[int, ...], n: int, like: Tensor,
 
 
 def _check_min_temperature(t: Tensor, name: str, dtype: torch.dtype, scalar: bool) -> None:
-    """The kernels' smallest temperature for logits of ``dtype`` (computed in): the
-    one whose inverse is the dtype's largest finite value."""
-    lo = 1.0 / torch.finfo(dtype).max
-    low = t.to(torch.float64) < lo
-    if bool(low.any()):
-        i = int(low.nonzero()[0, 0])
-        raise ValueError(f"`{name}` must be >= {lo:.3g} for {str(dtype).replace('torch.', '')} "
-                         f"logits (its inverse must be finite), got {float(t[i])!r}"
-                         + ("" if scalar else f" at row {i}"))
+    """The kernels' temperature range for logits of ``dtype`` (computed in): from
+    the one whose inverse is the dtype's largest finite value to that value."""
+    lo, hi = 1.0 / torch.finfo(dtype).max, float(torch.finfo(dtype).max)
+    t64 = t.to(torch.float64)
+    bad = (t64 < lo) | (t64 > hi)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise ValueError(f"`{name}` must be in [{lo:.3g}, {hi:.3g}] for "
+                         f"{str(dtype).replace('torch.', '')} logits (it and its inverse must "
+                         f"be finite), got {float(t[i])!r}" + ("" if scalar else f" at row {i}"))
 
 
 def _counted(labels: Optional[Tensor], mask: Any, ignore_index: int, lead, n: int,
