@@ -489,33 +489,37 @@ KD_VINLINE void kd_acc_add_v8d(kd_v8d *acc, kd_v8d x) { *acc += x; }
 KD_VINLINE void kd_acc_mul_v8d(kd_v8d *acc, kd_v8d x, kd_v8d y) { *acc += x * y; }
 
 /* four-double parts (the divergence terms) and back */
+/* (through the stack these cost more than the double-lane terms they feed;
+ * i is a constant wherever they are inlined, so each switch folds to one
+ * extract or insert) */
 KD_VINLINE kd_v4d kd_part_v16f(kd_v16f x, int i)
 {
-    kd_v4f q;
-    memcpy(&q, (const char *)&x + i * sizeof q, sizeof q);
-    return kd_widen_v4f(q);
+    const __m512 v = (__m512)x;
+    __m128 q;
+    switch (i) {
+    case 0: q = _mm512_extractf32x4_ps(v, 0); break;
+    case 1: q = _mm512_extractf32x4_ps(v, 1); break;
+    case 2: q = _mm512_extractf32x4_ps(v, 2); break;
+    default: q = _mm512_extractf32x4_ps(v, 3); break;
+    }
+    return kd_widen_v4f((kd_v4f)q);
 }
 KD_VINLINE kd_v16f kd_join_v16f(const kd_v4d *p)
 {
-    kd_v16f r;
-    for (int i = 0; i < 4; i++) {
-        kd_v4f q = kd_narrow_v4d(p[i]);
-        memcpy((char *)&r + i * sizeof q, &q, sizeof q);
-    }
-    return r;
+    __m512 r = _mm512_castps128_ps512((__m128)kd_narrow_v4d(p[0]));
+    r = _mm512_insertf32x4(r, (__m128)kd_narrow_v4d(p[1]), 1);
+    r = _mm512_insertf32x4(r, (__m128)kd_narrow_v4d(p[2]), 2);
+    r = _mm512_insertf32x4(r, (__m128)kd_narrow_v4d(p[3]), 3);
+    return (kd_v16f)r;
 }
 KD_VINLINE kd_v4d kd_part_v8d(kd_v8d x, int i)
 {
-    kd_v4d q;
-    memcpy(&q, (const char *)&x + i * sizeof q, sizeof q);
-    return q;
+    return (kd_v4d)(i ? _mm512_extractf64x4_pd((__m512d)x, 1)
+                      : _mm512_extractf64x4_pd((__m512d)x, 0));
 }
 KD_VINLINE kd_v8d kd_join_v8d(const kd_v4d *p)
 {
-    kd_v8d r;
-    memcpy(&r, &p[0], sizeof p[0]);
-    memcpy((char *)&r + sizeof p[0], &p[1], sizeof p[1]);
-    return r;
+    return (kd_v8d)_mm512_insertf64x4(_mm512_castpd256_pd512((__m256d)p[0]), (__m256d)p[1], 1);
 }
 #endif
 
