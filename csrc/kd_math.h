@@ -139,9 +139,9 @@ KD_VINLINE kd_v4d kd_sel_v4d(kd_v4l m, kd_v4d a, kd_v4d b)
     return (kd_v4d)(((kd_v4l)a & m) | ((kd_v4l)b & ~m));
 }
 
-/* a * b + c. The AVX2 build (KD_AVX2_FMA) rounds once, the baseline twice:
- * the two builds' results differ in the last bits, each is the same for any
- * thread count. Only the exps use it, where it is a third of the work.
+/* a * b + c. The vector builds (KD_AVX2_FMA) round once, the baseline
+ * twice: the builds' results differ in the last bits, each is the same for
+ * any thread count. Only the exps use it, where it is a third of the work.
  * Halves of eight float lanes, and four floats to four doubles and back: the
  * same values on every build, through intrinsics in the AVX2 one because
  * GCC lowers the generic forms there to 128-bit pieces through the stack. */
