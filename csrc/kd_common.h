@@ -5,6 +5,7 @@
 #include <stdint.h>
 
 #include "kd.h"
+#include "kd_math.h" /* kd_sum_lanes */
 
 /* Row sums run in KD_LANES independent double accumulators, combined in a
  * fixed order: the compiler can vectorise them without reassociating, and the
@@ -18,11 +19,6 @@
 /* Rows up to this many classes keep their exps between the two passes (two
  * C-float buffers per thread stay in L2); longer rows keep the student's only. */
 #define KD_CACHE_COLS 65536
-
-static inline double kd_sum_lanes(const double *s)
-{
-    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
-}
 
 static inline int kd_parallel(int n_threads, int64_t n_rows, int64_t n_cols)
 {

@@ -114,29 +114,27 @@ typedef struct {
     kd_v4d lo, hi;
 } kd_acc8;
 
-KD_VINLINE kd_v8f kd_load_v8f(const float *p)
-{
-    kd_v8f v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-KD_VINLINE kd_v4d kd_load_v4d(const double *p)
-{
-    kd_v4d v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-KD_VINLINE void kd_store_v8f(float *p, kd_v8f v) { memcpy(p, &v, sizeof v); }
-KD_VINLINE void kd_store_v4d(double *p, kd_v4d v) { memcpy(p, &v, sizeof v); }
+/* Unaligned load and store of a vector V of elements E (kd_load_SFX,
+ * kd_store_SFX), and m ? a : b lane by lane (kd_sel_SFX; m from a
+ * comparison: all ones or all zeros in lanes of the int vector I). */
+#define KD_DEFINE_LANE_OPS(SFX, V, I, E)                                         \
+    KD_VINLINE V kd_load_##SFX(const E *p)                                       \
+    {                                                                            \
+        V v;                                                                     \
+        memcpy(&v, p, sizeof v);                                                 \
+        return v;                                                                \
+    }                                                                            \
+    KD_VINLINE void kd_store_##SFX(E *p, V v) { memcpy(p, &v, sizeof v); }       \
+    KD_VINLINE V kd_sel_##SFX(I m, V a, V b) { return (V)(((I)a & m) | ((I)b & ~m)); }
 
-/* m ? a : b, lane by lane (m from a comparison: all ones or all zeros) */
-KD_VINLINE kd_v8f kd_sel_v8f(kd_v8i m, kd_v8f a, kd_v8f b)
+KD_DEFINE_LANE_OPS(v8f, kd_v8f, kd_v8i, float)
+KD_DEFINE_LANE_OPS(v4d, kd_v4d, kd_v4l, double)
+
+/* ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7)): the one order every
+ * eight-lane double sum is reduced in */
+static inline double kd_sum_lanes(const double *s)
 {
-    return (kd_v8f)(((kd_v8i)a & m) | ((kd_v8i)b & ~m));
-}
-KD_VINLINE kd_v4d kd_sel_v4d(kd_v4l m, kd_v4d a, kd_v4d b)
-{
-    return (kd_v4d)(((kd_v4l)a & m) | ((kd_v4l)b & ~m));
+    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
 }
 
 /* a * b + c. The vector builds (KD_AVX2_FMA) round once, the baseline
@@ -225,32 +223,23 @@ KD_VINLINE kd_v8f kd_concat_v4f(kd_v4f lo, kd_v4f hi)
     memcpy((char *)&r + sizeof lo, &hi, sizeof hi);
     return r;
 }
-KD_VINLINE kd_v8f kd_load_tail_v8f(const float *x, int64_t n, float pad)
-{
-    float buf[8];
-    for (int k = 0; k < 8; k++)
-        buf[k] = k < n ? x[k] : pad;
-    return kd_load_v8f(buf);
-}
-KD_VINLINE kd_v4d kd_load_tail_v4d(const double *x, int64_t n, double pad)
-{
-    double buf[4];
-    for (int k = 0; k < 4; k++)
-        buf[k] = k < n ? x[k] : pad;
-    return kd_load_v4d(buf);
-}
-KD_VINLINE void kd_store_tail_v8f(float *x, int64_t n, kd_v8f v)
-{
-    float buf[8];
-    kd_store_v8f(buf, v);
-    memcpy(x, buf, sizeof(float) * (size_t)n);
-}
-KD_VINLINE void kd_store_tail_v4d(double *x, int64_t n, kd_v4d v)
-{
-    double buf[4];
-    kd_store_v4d(buf, v);
-    memcpy(x, buf, sizeof(double) * (size_t)n);
-}
+/* the first n (< L) elements through a buffer (no masked loads on SSE2) */
+#define KD_DEFINE_BUFFER_TAILS(SFX, V, E, L)                                     \
+    KD_VINLINE V kd_load_tail_##SFX(const E *x, int64_t n, E pad)                \
+    {                                                                            \
+        E buf[L];                                                                \
+        for (int k = 0; k < L; k++)                                              \
+            buf[k] = k < n ? x[k] : pad;                                         \
+        return kd_load_##SFX(buf);                                               \
+    }                                                                            \
+    KD_VINLINE void kd_store_tail_##SFX(E *x, int64_t n, V v)                    \
+    {                                                                            \
+        E buf[L];                                                                \
+        kd_store_##SFX(buf, v);                                                  \
+        memcpy(x, buf, sizeof(E) * (size_t)n);                                   \
+    }
+KD_DEFINE_BUFFER_TAILS(v8f, kd_v8f, float, 8)
+KD_DEFINE_BUFFER_TAILS(v4d, kd_v4d, double, 4)
 #endif
 
 /* accumulators of float rows: acc += x, acc += x * y (in double; a sum of
@@ -271,7 +260,7 @@ KD_VINLINE double kd_acc_sum_v8f(kd_acc8 acc)
     double s[8];
     kd_store_v4d(s, acc.lo);
     kd_store_v4d(s + 4, acc.hi);
-    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+    return kd_sum_lanes(s);
 }
 KD_VINLINE void kd_acc_add_v4d(kd_v4d *acc, kd_v4d x) { *acc += x; }
 KD_VINLINE void kd_acc_mul_v4d(kd_v4d *acc, kd_v4d x, kd_v4d y) { *acc += x * y; }
@@ -402,28 +391,8 @@ typedef struct {
     kd_v8d lo, hi;
 } kd_acc16;
 
-KD_VINLINE kd_v16f kd_load_v16f(const float *p)
-{
-    kd_v16f v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-KD_VINLINE kd_v8d kd_load_v8d(const double *p)
-{
-    kd_v8d v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-KD_VINLINE void kd_store_v16f(float *p, kd_v16f v) { memcpy(p, &v, sizeof v); }
-KD_VINLINE void kd_store_v8d(double *p, kd_v8d v) { memcpy(p, &v, sizeof v); }
-KD_VINLINE kd_v16f kd_sel_v16f(kd_v16i m, kd_v16f a, kd_v16f b)
-{
-    return (kd_v16f)(((kd_v16i)a & m) | ((kd_v16i)b & ~m));
-}
-KD_VINLINE kd_v8d kd_sel_v8d(kd_v8l m, kd_v8d a, kd_v8d b)
-{
-    return (kd_v8d)(((kd_v8l)a & m) | ((kd_v8l)b & ~m));
-}
+KD_DEFINE_LANE_OPS(v16f, kd_v16f, kd_v16i, float)
+KD_DEFINE_LANE_OPS(v8d, kd_v8d, kd_v8l, double)
 KD_VINLINE kd_v16f kd_max_v16f(kd_v16f v, kd_v16f m) { return (kd_v16f)_mm512_max_ps((__m512)v, (__m512)m); }
 KD_VINLINE kd_v8d kd_max_v8d(kd_v8d v, kd_v8d m) { return (kd_v8d)_mm512_max_pd((__m512d)v, (__m512d)m); }
 KD_VINLINE kd_v16f kd_fma_v16f(kd_v16f a, kd_v16f b, kd_v16f c)
@@ -479,7 +448,7 @@ KD_VINLINE double kd_acc_sum_v8d(kd_v8d acc)
 {
     double s[8];
     kd_store_v8d(s, acc);
-    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+    return kd_sum_lanes(s);
 }
 KD_VINLINE double kd_acc_sum_v16f(kd_acc16 acc)
 {
