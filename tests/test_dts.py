@@ -2,10 +2,12 @@
 scheduler class (statistics, all-reduce, state, history, argument checking)."""
 import json
 import math
+import os
 import pickle
 import random
 import re
 import struct
+import sys
 import threading
 
 import numpy as np
@@ -16,6 +18,9 @@ from kdtemp import _kdtemp
 from kdtemp.dts import DTS, ce_pair
 from kdtemp.reference.dts import ce_pair as ref_ce_pair
 from kdtemp.reference.dts import dts_update as ref_update
+
+sys.path.insert(0, os.path.dirname(__file__))
+from isa_builds import each_build  # noqa: E402
 
 DEFAULTS = dict(initial_temperature=4.0, min_temperature=2.0, max_temperature=4.0,
                 total_epochs=240.0, curve_shape=1.0, momentum=0.9, scale_cap=1.35,
@@ -645,20 +650,13 @@ def test_ce_pair_thread_count_is_bitwise_invisible(dtype, shape):
 def test_ce_pair_isa_builds_agree():
     """Each build: the same bits for 1 and 2 threads; the builds (FMA in the
     AVX2/AVX-512 exps, sixteen lanes in AVX-512) agree to rounding."""
-    default = _kdtemp.isa()
-    out = {}
-    try:
-        for isa in ("baseline", "avx2", "avx512"):
-            try:
-                _kdtemp._set_isa(isa)
-            except ValueError:
-                continue
-            runs = [[ce_pair(*_pair_inputs((33, 1003), dt, seed=6), n_threads=n)
-                     for dt in (np.float32, np.float64)] for n in (1, 2)]
-            assert runs[0] == runs[1], isa
-            out[isa] = runs[0]
-    finally:
-        _kdtemp._set_isa(default)
+    def runs():
+        r = [[ce_pair(*_pair_inputs((33, 1003), dt, seed=6), n_threads=n)
+              for dt in (np.float32, np.float64)] for n in (1, 2)]
+        assert r[0] == r[1], _kdtemp.isa()
+        return r[0]
+
+    out = each_build(runs)
     if len(out) < 2:
         pytest.skip("only the baseline build runs on this machine")
     for isa, fast in out.items():

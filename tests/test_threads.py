@@ -1,10 +1,16 @@
 """Thread-count semantics (STYLE.md) and threadpoolctl's view of the OpenMP runtime."""
+import os
+import sys
+
 import numpy as np
 import pytest
 
 import kdtemp
 from kdtemp import _kdtemp
 from kdtemp._threads import _resolve
+
+sys.path.insert(0, os.path.dirname(__file__))
+from isa_builds import builds, each_build  # noqa: E402
 
 
 def test_resolve_semantics():
@@ -56,34 +62,6 @@ def test_threadpoolctl_sees_and_limits_openmp():
     assert a.loss == b.loss and np.array_equal(a.grad, b.grad)
 
 
-def _builds():
-    """The instruction-set builds this CPU can run, the default one last."""
-    default = _kdtemp.isa()
-    found = []
-    for isa in ("baseline", "avx2", "avx512"):
-        try:
-            _kdtemp._set_isa(isa)
-        except ValueError:
-            continue
-        found.append(isa)
-    _kdtemp._set_isa(default)
-    return found
-
-
-def _each_isa(fn):
-    """fn() under every build this CPU runs: {isa: result}."""
-    default = _kdtemp.isa()
-    out = {}
-    try:
-        for isa in _builds():
-            _kdtemp._set_isa(isa)
-            assert _kdtemp.isa() == isa
-            out[isa] = fn()
-    finally:
-        _kdtemp._set_isa(default)
-    return out
-
-
 def _flat(results):
     flat = []
     for r in results:
@@ -95,7 +73,7 @@ def test_isa_builds_agree():
     """Each build gives the same bits for any thread count; the AVX2 and
     AVX-512 builds fuse the exps' multiply-adds (and AVX-512 sums sixteen
     lanes), so the builds agree to rounding, not bits."""
-    if len(_builds()) < 2:
+    if len(builds()) < 2:
         pytest.skip("only the baseline build runs on this machine")
     rng = np.random.default_rng(1)
     z, v = (rng.normal(size=(2, 33, 1001)) * 4).astype(np.float32)
@@ -111,7 +89,7 @@ def test_isa_builds_agree():
             kdtemp.temperature_profile(z, v, [1.0, 4.0], n_threads=n).kd_loss,
         ]
 
-    per_isa = _each_isa(lambda: [_flat(calls(1)), _flat(calls(3))])
+    per_isa = each_build(lambda: [_flat(calls(1)), _flat(calls(3))])
     for isa, (one, three) in per_isa.items():
         for a, b in zip(one, three):
             assert np.array_equal(np.asarray(a), np.asarray(b)), isa
@@ -127,7 +105,6 @@ def test_isa_builds_agree():
 
 def test_default_build_is_the_widest():
     """Without KDTEMP_DISABLE_* the kernels run the widest build the CPU has."""
-    import os
     if os.environ.get("KDTEMP_DISABLE_AVX2") or os.environ.get("KDTEMP_DISABLE_AVX512"):
         pytest.skip("a build is disabled in this environment")
-    assert _kdtemp.isa() == _builds()[-1]
+    assert _kdtemp.isa() == builds()[-1]
