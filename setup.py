@@ -82,7 +82,7 @@ setup(
     ext_modules=[
         Extension(
             "kdtemp._kdtemp",
-            sources=["csrc/_kdtemp_module.c", "csrc/kd.c", "csrc/kd_avx2.c", "csrc/kd_avx512.c", "csrc/annealing.c",
+            sources=["csrc/_kdtemp_module.c", "csrc/kd.c", "csrc/kd_avx2.c", "csrc/kd_avx512.c",
                      "csrc/dts.c"],
             depends=["csrc/kd.h", "csrc/kd_impl.h", "csrc/kd_math.h", "csrc/kd_common.h",
                      "csrc/kd_kernels.h", "csrc/kd_isa.h", "csrc/kd_div.h",

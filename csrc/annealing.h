@@ -13,7 +13,9 @@
 /* Row losses into row_loss[n_rows] (0 for skipped rows) and, when grad is not
  * NULL, grad_scale times their gradient (skipped rows zeroed; grad may be
  * student). With check_finite, any NaN or +-inf in a counted row is an error
- * (KD_ERR_NONFINITE_*) reported before anything is written. */
+ * (KD_ERR_NONFINITE_*, the first such row): a gradient written over the
+ * student is then as it was; the rows of row_loss and of a separate grad
+ * are unspecified. */
 #define KD_MSE_DECL(SFX, FT)                                                     \
     int kd_mse_##SFX(int64_t n_rows, int64_t n_cols,                             \
                      const FT *student, int64_t student_stride,                  \
@@ -24,7 +26,5 @@
 
 KD_MSE_DECL(f32, float)
 KD_MSE_DECL(f64, double)
-
-#undef KD_MSE_DECL
 
 #endif

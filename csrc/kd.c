@@ -1,5 +1,5 @@
 /* KD kernels: the baseline instantiation of kd_kernels.h, the row counter,
- * and the public entry points, which run the AVX2 build when the CPU has it. */
+ * and the public entry points, which run the widest build the CPU has. */
 #include "kd.h"
 
 #include <math.h>
@@ -177,6 +177,18 @@ int kd_set_isa(const char *name)
                                          teacher_stride, rows, check_finite,     \
                                          row_ce, student_sum, teacher_sum,       \
                                          count, n_threads, status);              \
+    }                                                                            \
+    int kd_mse_##SFX(int64_t n_rows, int64_t n_cols, const FT *student,         \
+                     int64_t student_stride, const FT *teacher,                  \
+                     int64_t teacher_stride, double phi, const kd_rows *rows,    \
+                     int check_finite, double grad_scale, double *row_loss,      \
+                     FT *grad, int64_t grad_stride, int n_threads,               \
+                     kd_status *status)                                          \
+    {                                                                            \
+        return KD_PICK(kd_mse_##SFX)(n_rows, n_cols, student, student_stride,    \
+                                     teacher, teacher_stride, phi, rows,         \
+                                     check_finite, grad_scale, row_loss, grad,   \
+                                     grad_stride, n_threads, status);            \
     }
 
 KD_DISPATCH(f32, float)

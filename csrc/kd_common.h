@@ -1,4 +1,4 @@
-/* Inline helpers shared by the kernel files (kd.c, annealing.c). */
+/* Inline helpers shared by the kernel files (kd_impl.h, annealing_impl.h). */
 #ifndef KDTEMP_KD_COMMON_H
 #define KDTEMP_KD_COMMON_H
 
@@ -47,5 +47,17 @@ static inline int kd_row_counts(const kd_rows *rows, int64_t i)
         return 0;
     return 1;
 }
+
+/* Reduce per-row error codes to the first bad row, whatever the threads. */
+#define KD_RECORD_ERROR(code, i, bad_code, bad_row)                              \
+    do {                                                                         \
+        if ((code) != KD_OK) {                                                   \
+            _Pragma("omp critical(kd_status)")                                   \
+            if ((i) < (bad_row)) {                                               \
+                (bad_row) = (i);                                                 \
+                (bad_code) = (code);                                             \
+            }                                                                    \
+        }                                                                        \
+    } while (0)
 
 #endif

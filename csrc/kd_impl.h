@@ -430,18 +430,6 @@ static int NAME(check_row)(const FT *x, int64_t C, int check_finite,
     return KD_OK;
 }
 
-/* Reduce per-row error codes to the first bad row, whatever the threads. */
-#define KD_RECORD_ERROR(code, i, bad_code, bad_row)                              \
-    do {                                                                         \
-        if ((code) != KD_OK) {                                                   \
-            _Pragma("omp critical(kd_status)")                                   \
-            if ((i) < (bad_row)) {                                               \
-                (bad_row) = (i);                                                 \
-                (bad_code) = (code);                                             \
-            }                                                                    \
-        }                                                                        \
-    } while (0)
-
 /* Labels and the logits of row i of a KD loss; the row maxima go to mzv[0]
  * (student) and mzv[1] (teacher, 0 without the KD term). */
 static int NAME(check_kd_row)(const FT *student, int64_t student_stride, const FT *teacher,
@@ -1179,6 +1167,5 @@ int NAME(kd_ce_pair)(int64_t n_rows, int64_t student_cols, const FT *student,
 }
 
 #undef NAME
-#undef KD_RECORD_ERROR
 #undef KD_CAT
 #undef KD_CAT_

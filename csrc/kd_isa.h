@@ -2,6 +2,7 @@
 #ifndef KDTEMP_KD_ISA_H
 #define KDTEMP_KD_ISA_H
 
+#include "annealing.h"
 #include "kd.h"
 
 /* AVX2 (+FMA) needs GCC or Clang on x86-64 (function-level target selection) */
@@ -12,12 +13,18 @@
 #endif
 
 KD_KERNEL_DECLS(f32_base, float)
+KD_MSE_DECL(f32_base, float)
 KD_KERNEL_DECLS(f64_base, double)
+KD_MSE_DECL(f64_base, double)
 #if KD_HAVE_AVX2_BUILD
 KD_KERNEL_DECLS(f32_avx2, float)
+KD_MSE_DECL(f32_avx2, float)
 KD_KERNEL_DECLS(f64_avx2, double)
+KD_MSE_DECL(f64_avx2, double)
 KD_KERNEL_DECLS(f32_avx512, float)
+KD_MSE_DECL(f32_avx512, float)
 KD_KERNEL_DECLS(f64_avx512, double)
+KD_MSE_DECL(f64_avx512, double)
 #endif
 
 /* "avx512", "avx2" or "baseline": the build the entry points run */

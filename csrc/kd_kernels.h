@@ -1,4 +1,4 @@
-/* The KD kernel bodies (kd_impl.h) for float and double, compiled once per
+/* The KD kernel bodies (kd_impl.h, annealing_impl.h) for float and double, compiled once per
  * instruction set: kd.c includes this with KD_ISA base, kd_avx2.c with
  * KD_ISA avx2 under an AVX2+FMA target, kd_avx512.c with KD_ISA avx512
  * (64-byte vectors: sixteen float / eight double lanes) under AVX-512F. The
@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "annealing.h"
 #include "kd.h"
 #include "kd_common.h"
 #include "kd_div.h"
@@ -59,6 +60,7 @@
 #define ACC_SUM kd_acc_sum_v8f
 #endif
 #include "kd_impl.h"
+#include "annealing_impl.h"
 #undef FT
 #undef FT_MAX
 #undef SFX
@@ -123,6 +125,7 @@
 #define ACC_SUM kd_acc_sum_v4d
 #endif
 #include "kd_impl.h"
+#include "annealing_impl.h"
 #undef FT
 #undef FT_MAX
 #undef SFX

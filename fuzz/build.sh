@@ -20,7 +20,7 @@ if [ "${KDFUZZ_INSTALL:-0}" = 1 ] && ! command -v "${CC_FUZZ:-clang}" >/dev/null
 fi
 
 CC_FUZZ=${CC_FUZZ:-clang}
-srcs="csrc/kd.c csrc/kd_avx2.c csrc/kd_avx512.c csrc/annealing.c csrc/dts.c fuzz/fuzz_kd.c"
+srcs="csrc/kd.c csrc/kd_avx2.c csrc/kd_avx512.c csrc/dts.c fuzz/fuzz_kd.c"
 # the extension's own math flags; no FMA contraction (dts.h's bitwise twin)
 common="${KDFUZZ_CFLAGS:-} -std=c11 -Icsrc -g -fno-omit-frame-pointer -fno-math-errno -fno-trapping-math -ffp-contract=off -Wno-psabi"
 san="-fsanitize=address,undefined -fno-sanitize-recover=all"

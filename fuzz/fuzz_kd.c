@@ -21,8 +21,8 @@
  * Checks, besides "no crash, no sanitizer report":
  *   - the status code and row equal those derived independently from the
  *     inputs (first bad row, in the kernel's documented order);
- *   - on an error nothing but the status is written (kd_forward, softmax,
- *     mse), the student intact when grad == student;
+ *   - on an error a student written in place is intact (kd_forward,
+ *     softmax, mse) and nothing outside the output rows is written;
  *   - bitwise equality across thread counts, instruction sets, in-place vs
  *     separate gradient, and with vs without the gradient pass;
  *   - skipped rows: loss 0, gradient row 0, temperatures NaN;
@@ -1813,16 +1813,18 @@ static void F(fuzz_mse)(rd *r)
     kd_status st1, st2;
     int rc1 = KF_CAT(kd_mse, SFX)(n, C, zin, zs, v, vs, phi, &rows, check_finite, grad_scale, l1, g1,
                                   C, 1, &st1);
+    /* the builds give the same bits here: plain loops, no fused multiply-add */
+    kd_set_isa(fuzz_isa((lm >> 3) & 1));
     int rc2 = KF_CAT(kd_mse, SFX)(n, C, z, zs, v, vs, phi, &rows, check_finite, grad_scale, l2,
                                   alias ? z : g2, alias ? zs : C, threads, &st2);
+    kd_set_isa("baseline");
     CHECKM(rc1 == exp_code, "mse code %d expected %d", rc1, exp_code);
     CHECK(rc2 == rc1 && st1.code == rc1 && st2.code == rc1);
     if (rc1 != KD_OK) {
+        /* a student written in place is as it was; the rows of the other
+         * outputs are unspecified, nothing past them is written */
         CHECK(st1.row == exp_row && st2.row == exp_row);
-        for (int64_t i = 0; i <= n; i++)
-            CHECK(l1[i] == -3.0 && l2[i] == -3.0);
-        for (int64_t k = 0; k < g1span; k++)
-            CHECK(g1[k] == (FT)-9);
+        CHECK(l1[n] == -3.0 && l2[n] == -3.0);
         CHECK(memcmp(zcopy, za, sizeof(FT) * (size_t)zspan) == 0);
     } else {
         CHECK(l1[n] == -3.0 && l2[n] == -3.0);

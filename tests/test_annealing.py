@@ -17,6 +17,8 @@ from hypothesis.extra import numpy as hnp
 import kdtemp
 from kdtemp.reference import annealing as ref
 
+from isa_builds import builds, each_build
+
 IMPLS = {"kdtemp": kdtemp, "reference": ref}
 REDUCTIONS = ("batchmean", "mean", "sum", "none")
 
@@ -248,3 +250,61 @@ def test_property_nonnegative_and_zero_at_target(impl_name, dtype, data):
     exact = (v * phi).astype(dtype)  # phi a power of two: phi * v is exact
     r0 = impl.annealing_loss(exact, v, phi, reduction="sum")
     assert r0.loss == 0.0 and np.all(r0.grad == 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("phi", [0.5, 0.0, -2.0])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_first_nonfinite_row_is_reported(request, dtype, phi, threads):
+    """The kernel finds a bad row from its loss (z - phi v is NaN or +-inf
+    there, phi = 0 included) and reports the first one, student before teacher
+    within a row, whatever the thread count."""
+    rng = _rng(request)
+    z, v = _logits(rng, (300, 257), dtype), _logits(rng, (300, 257), dtype)
+    v[250, 3] = np.inf
+    z[170, 256] = np.nan
+    v[170, 0] = -np.inf
+    z[40, 9] = np.nan  # skipped by the mask
+    mask = np.ones(300, bool)
+    mask[40] = False
+    with pytest.raises(ValueError, match=r"`student` has NaN or \+-inf in row 170"):
+        kdtemp.annealing_loss(z, v, phi, mask=mask, n_threads=threads)
+    z[170, 256] = 1.0
+    with pytest.raises(ValueError, match=r"`teacher` has NaN or \+-inf in row 170"):
+        kdtemp.annealing_loss(z, v, phi, mask=mask, n_threads=threads)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_in_place_error_leaves_student(request, dtype):
+    rng = _rng(request)
+    z, v = _logits(rng, (64, 1000), dtype), _logits(rng, (64, 1000), dtype)
+    v[50, 7] = np.nan
+    zz = z.copy()
+    with pytest.raises(ValueError, match="`teacher`"):
+        kdtemp.annealing_loss(zz, v, 0.7, out=zz, n_threads=2)
+    np.testing.assert_array_equal(zz, z)
+
+
+def test_overflowing_finite_rows_are_not_errors():
+    """Finite logits whose squared difference overflows give an infinite loss,
+    as the NumPy twin does, not a non-finite-input error."""
+    z = np.full((3, 4), 1e200)
+    v = -z
+    r = kdtemp.annealing_loss(z, v, 1.0, reduction="none")
+    expected = ref.annealing_loss(z, v, 1.0, reduction="none")
+    assert np.isinf(r.loss).all() and np.isinf(expected.loss).all()
+    z32 = np.ones((2, 5), np.float32)
+    r = kdtemp.annealing_loss(z32, 3e38 * z32, 1e300, reduction="none")
+    assert np.isinf(r.loss).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_same_bits_on_every_build(request, dtype):
+    """The regression has no exps: its loops give the same bits on the
+    baseline, AVX2 and AVX-512 builds (annealing_impl.h)."""
+    rng = _rng(request)
+    z, v = _logits(rng, (37, 1003), dtype), _logits(rng, (37, 1003), dtype)
+    runs = each_build(lambda: kdtemp.annealing_loss(z, v, 0.37, reduction="none"))
+    first = runs[builds()[0]]
+    for r in runs.values():
+        assert np.array_equal(r.loss, first.loss) and np.array_equal(r.grad, first.grad)
