@@ -25,6 +25,25 @@ static inline FT NAME(inv_temp)(double t)
     return r < (double)FT_MAX ? (r > lo ? (FT)r : (FT)lo) : FT_MAX;
 }
 
+/* The row after row i of an n_rows-row array whose row i is at x (stride in
+ * elements), to prefetch while row i is computed, or NULL: for the last row,
+ * and for rows so long that n_arrays next rows would not wait in L2. The
+ * first exp pass of a row pulls in one line of each next row per vector
+ * step: the memory stream then runs under this row's exps, and the next
+ * row's max pass reads from cache. */
+static inline const FT *NAME(next_row)(const FT *x, int64_t stride, int64_t i,
+                                       int64_t n_rows, int64_t C, int n_arrays)
+{
+    const int fits = (uint64_t)C * sizeof(FT) * (uint64_t)n_arrays <= KD_PREFETCH_BYTES;
+    return i + 1 < n_rows && fits ? x + stride : NULL;
+}
+
+#define KD_PREFETCH(next, j)                                                     \
+    do {                                                                         \
+        if (next)                                                                \
+            __builtin_prefetch((next) + (j));                                    \
+    } while (0)
+
 /* The last C % VL entries as one vector, the other lanes `pad`: with pad =
  * -inf they add exp(-inf) = 0 to a sum, so the lanes' sums, and the bits of
  * the result, are those of a scalar tail. */
@@ -72,12 +91,15 @@ static FT NAME(row_max)(const FT *x, int64_t C, int *nonfinite)
 }
 
 /* sum_j exp((x_j - m) * inv_t), accumulated in double; with e != NULL the
- * exps are also stored there (e may be x: each is read before written). */
-static double NAME(row_sumexp_store)(const FT *x, int64_t C, FT m, FT inv_t, FT *e)
+ * exps are also stored there (e may be x: each is read before written); the
+ * row `next` (NULL: none) is prefetched on the way. */
+static double NAME(row_sumexp_store)(const FT *x, int64_t C, FT m, FT inv_t, FT *e,
+                                     const FT *next)
 {
     ACC acc = {0};
     int64_t j = 0;
     for (; j + VL <= C; j += VL) {
+        KD_PREFETCH(next, j);
         VEC ej = VEXP((VLOAD(x + j) - m) * inv_t);
         ACC_ADD(&acc, ej);
         if (e)
@@ -92,10 +114,10 @@ static double NAME(row_sumexp_store)(const FT *x, int64_t C, FT m, FT inv_t, FT 
     return ACC_SUM(acc);
 }
 
-/* sum_j exp((x_j - m) * inv_t), accumulated in double. */
-static double NAME(row_sumexp)(const FT *x, int64_t C, FT m, FT inv_t)
+/* sum_j exp((x_j - m) * inv_t), accumulated in double, prefetching next. */
+static double NAME(row_sumexp)(const FT *x, int64_t C, FT m, FT inv_t, const FT *next)
 {
-    return NAME(row_sumexp_store)(x, C, m, inv_t, NULL);
+    return NAME(row_sumexp_store)(x, C, m, inv_t, NULL, next);
 }
 
 /* One pass for forward KL: the two partition sums and
@@ -121,16 +143,19 @@ NAME(kl_sums_step)(const int rev, VEC zz, VEC vv, FT mz, FT mv, FT inv_s, FT inv
 }
 
 /* With cS (cT) not NULL, also keep exp(b) (exp(a)) there for the gradient
- * pass (each element is read before it is written, so cS may be z). */
+ * pass (each element is read before it is written, so cS may be z); nz and
+ * nv (NULL: none) are prefetched on the way. */
 static inline __attribute__((always_inline)) void
 NAME(row_kl_sums_as)(const int rev, const FT *z, const FT *v, int64_t C, FT mz, FT mv,
                      FT inv_s, FT inv_t, double *sS_out, double *sT_out, double *A_out,
-                     double *R_out, FT *cS, FT *cT)
+                     double *R_out, FT *cS, FT *cT, const FT *nz, const FT *nv)
 {
     ACC accS = {0}, accT = {0}, accA = {0}, accR = {0};
     VEC eS, eT;
     int64_t j = 0;
     for (; j + VL <= C; j += VL) {
+        KD_PREFETCH(nz, j);
+        KD_PREFETCH(nv, j);
         NAME(kl_sums_step)(rev, VLOAD(z + j), VLOAD(v + j), mz, mv, inv_s, inv_t, &accS,
                            &accT, &accA, &accR, &eS, &eT);
         if (cS)
@@ -156,25 +181,27 @@ NAME(row_kl_sums_as)(const int rev, const FT *z, const FT *v, int64_t C, FT mz, 
 
 static void NAME(row_kl_sums)(const FT *z, const FT *v, int64_t C, FT mz, FT mv,
                               FT inv_s, FT inv_t, double *sS_out,
-                              double *sT_out, double *A_out, FT *cS, FT *cT)
+                              double *sT_out, double *A_out, FT *cS, FT *cT,
+                              const FT *nz, const FT *nv)
 {
     NAME(row_kl_sums_as)(0, z, v, C, mz, mv, inv_s, inv_t, sS_out, sT_out, A_out, NULL, cS,
-                         cT);
+                         cT, nz, nv);
 }
 
 static void NAME(row_kl_rev_sums)(const FT *z, const FT *v, int64_t C, FT mz, FT mv,
                                   FT inv_s, FT inv_t, double *sS_out, double *sT_out,
-                                  double *A_out, double *R_out, FT *cS, FT *cT)
+                                  double *A_out, double *R_out, FT *cS, FT *cT,
+                                  const FT *nz, const FT *nv)
 {
     NAME(row_kl_sums_as)(1, z, v, C, mz, mv, inv_s, inv_t, sS_out, sT_out, A_out, R_out, cS,
-                         cT);
+                         cT, nz, nv);
 }
 
 /* Row statistics of the hard-label term at temperature 1: the partition sum
  * and, for label smoothing, sum_j z_j; with e != NULL, exp(z_j - mz) is kept
  * there for the gradient. */
 static void NAME(row_ce_sums)(const FT *z, int64_t C, FT mz, int want_sum,
-                              double *s1_out, double *zsum_out, FT *e)
+                              double *s1_out, double *zsum_out, FT *e, const FT *next)
 {
     double zs[KD_LANES] = {0};
     if (want_sum) {
@@ -187,7 +214,7 @@ static void NAME(row_ce_sums)(const FT *z, int64_t C, FT mz, int want_sum,
     }
     *zsum_out = kd_sum_lanes(zs);
     /* last: with e == z it overwrites the logits */
-    *s1_out = NAME(row_sumexp_store)(z, C, mz, (FT)1, e);
+    *s1_out = NAME(row_sumexp_store)(z, C, mz, (FT)1, e, next);
 }
 
 /* exp(x) for the VL elements from column j: kept from the sums pass in c,
@@ -348,13 +375,16 @@ static void NAME(row_mean_std)(const FT *x, int64_t C, int ddof, double shift,
  * there too. */
 static void NAME(row_atkd_sums)(const FT *z, const FT *v, int64_t C, FT mz, FT mv,
                                 FT inv_s, FT inv_t, double mean, double *sS_out,
-                                double *sT_out, double *A_out, double *P_out)
+                                double *sT_out, double *A_out, double *P_out,
+                                const FT *nz, const FT *nv)
 {
     const kd_v4d zero = {0}, ninf = zero - INFINITY;
     ACC accS = {0}, accT = {0}, accA = {0};
     kd_v4d a = {0}, b = {0}, b0 = {0};
     for (int64_t j = 0; j < C; j += VL) {
         const int full = j + VL <= C;
+        KD_PREFETCH(nz, j);
+        KD_PREFETCH(nv, j);
         VEC zz = full ? VLOAD(z + j) : NAME(load_tail)(z + j, C - j, -INFINITY);
         VEC vv = full ? VLOAD(v + j) : NAME(load_tail)(v + j, C - j, -INFINITY);
         VEC eS, eT;
@@ -403,15 +433,15 @@ static NAME(kd_nt) NAME(row_dkd_sums)(const FT *z, const FT *v, int64_t C, int64
     const int has_s = mz > -INFINITY, has_t = mv > -INFINITY;
     if (has_s && has_t) {
         double sS1, sT1, A1;
-        NAME(row_kl_sums)(z, v, y, mz, mv, inv_s, inv_t, &r.sS, &r.sT, &r.A, NULL, NULL);
-        NAME(row_kl_sums)(z1, v1, C1, mz, mv, inv_s, inv_t, &sS1, &sT1, &A1, NULL, NULL);
+        NAME(row_kl_sums)(z, v, y, mz, mv, inv_s, inv_t, &r.sS, &r.sT, &r.A, NULL, NULL, NULL, NULL);
+        NAME(row_kl_sums)(z1, v1, C1, mz, mv, inv_s, inv_t, &sS1, &sT1, &A1, NULL, NULL, NULL, NULL);
         r.sS += sS1;
         r.sT += sT1;
         r.A += A1;
     } else if (has_s) {
-        r.sS = NAME(row_sumexp)(z, y, mz, inv_s) + NAME(row_sumexp)(z1, C1, mz, inv_s);
+        r.sS = NAME(row_sumexp)(z, y, mz, inv_s, NULL) + NAME(row_sumexp)(z1, C1, mz, inv_s, NULL);
     } else if (has_t) {
-        r.sT = NAME(row_sumexp)(v, y, mv, inv_t) + NAME(row_sumexp)(v1, C1, mv, inv_t);
+        r.sT = NAME(row_sumexp)(v, y, mv, inv_t, NULL) + NAME(row_sumexp)(v1, C1, mv, inv_t, NULL);
     }
     return r;
 }
@@ -557,6 +587,9 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
         const FT *v = use_kd ? teacher + i * teacher_stride : NULL;
         const FT *v_any = teacher ? teacher + i * teacher_stride : NULL;
         const FT mz = mzv[0], mv = mzv[1];
+        /* the next row's logits, prefetched by this row's first exp pass */
+        const FT *nz = NAME(next_row)(z, student_stride, i, n_rows, C, use_kd ? 2 : 1);
+        const FT *nv = use_kd ? NAME(next_row)(v, teacher_stride, i, n_rows, C, 2) : NULL;
         const int64_t y = needs_labels ? rows->labels[i * rows->labels_stride] : 0;
 
         /* temperatures: given, or ATKD's b (std + eps) of each row */
@@ -591,7 +624,8 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
         if (use_ce) {
             double zsum;
             const double zy = (double)z[y]; /* before g (maybe z) is written */
-            NAME(row_ce_sums)(z, C, mz, eps != 0.0, &s1, &zsum, ce_cached ? g : NULL);
+            NAME(row_ce_sums)(z, C, mz, eps != 0.0, &s1, &zsum, ce_cached ? g : NULL,
+                              use_kd ? NULL : nz);
             double lse1 = (double)mz + log(s1);
             ce = lse1;
             if (eps != 1.0) /* (1 - eps) z_y is 0 * -inf at eps = 1 */
@@ -617,14 +651,15 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
             double A, R = 0;
             if (atkd_grad)
                 NAME(row_atkd_sums)(z, v, C, mz, mv, inv_s, inv_t, mean_z, &sS, &sT, &A,
-                                    &P_atkd);
+                                    &P_atkd, nz, nv);
             else if (rev_closed)
                 NAME(row_kl_rev_sums)(z, v, C, mz, mv, inv_s, inv_t, &sS, &sT, &A, &R,
-                                      div_cached ? g : NULL, div_cached ? scratch : NULL);
+                                      div_cached ? g : NULL, div_cached ? scratch : NULL,
+                                      nz, nv);
             else
                 NAME(row_kl_sums)(z, v, C, mz, mv, inv_s, inv_t, &sS, &sT, &A,
                                   cached || half || div_cached ? g : NULL,
-                                  cached || div_cached ? scratch : NULL);
+                                  cached || div_cached ? scratch : NULL, nz, nv);
             if (p->divergence == KD_DIV_KL) {
                 D = A / sT + log(sS / sT); /* one log per row */
             } else if (dkd) {
@@ -874,8 +909,9 @@ int NAME(kd_softmax)(int64_t n_rows, int64_t n_cols, const FT *x, int64_t x_stri
             }
         }
         const FT inv_t = NAME(inv_temp)(t.t[i * t.stride]);
+        const FT *next = NAME(next_row)(xi, x_stride, i, n_rows, C, 1);
         if (log_space) {
-            const FT lse = (FT)log(NAME(row_sumexp)(xi, C, m, inv_t));
+            const FT lse = (FT)log(NAME(row_sumexp)(xi, C, m, inv_t, next));
             int64_t j = 0;
             for (; j + VL <= C; j += VL)
                 VSTORE(o + j, (VLOAD(xi + j) - m) * inv_t - lse);
@@ -883,7 +919,7 @@ int NAME(kd_softmax)(int64_t n_rows, int64_t n_cols, const FT *x, int64_t x_stri
                 o[j] = (xi[j] - m) * inv_t - lse;
         } else {
             /* the exps of the sum pass are kept in o and scaled */
-            const FT inv_se = (FT)(1.0 / NAME(row_sumexp_store)(xi, C, m, inv_t, o));
+            const FT inv_se = (FT)(1.0 / NAME(row_sumexp_store)(xi, C, m, inv_t, o, next));
             int64_t j = 0;
             for (; j + VL <= C; j += VL)
                 VSTORE(o + j, VLOAD(o + j) * inv_se);
@@ -922,7 +958,9 @@ int NAME(kd_lse)(int64_t n_rows, int64_t n_cols, const FT *x, int64_t x_stride,
             continue;
         const double tt = t.t[i * t.stride];
         const FT inv_t = NAME(inv_temp)(tt);
-        out[i] = (double)m / tt + log(NAME(row_sumexp)(xi, C, m, inv_t));
+        out[i] = (double)m / tt +
+                 log(NAME(row_sumexp)(xi, C, m, inv_t,
+                                      NAME(next_row)(xi, x_stride, i, n_rows, C, 1)));
     }
     if (bad_code != KD_OK) {
         status->row = bad_row;
@@ -970,8 +1008,10 @@ int NAME(kd_row_stats)(int64_t n_rows, int64_t n_cols, const FT *x, int64_t x_st
          * entropy = log s - H'/s, top-1 probability = 1/s (the max has e = 1) */
         ACC accS = {0}, accH = {0};
         const VEC zero = {0};
+        const FT *next = NAME(next_row)(xi, x_stride, i, n_rows, C, 1);
         int64_t j = 0;
         for (; j + VL <= C; j += VL) {
+            KD_PREFETCH(next, j);
             VEC b = (VLOAD(xi + j) - m) * inv_t, e = VEXP(b);
             ACC_ADD(&accS, e);
             ACC_MUL(&accH, e, VSEL(e > zero, b, zero));
@@ -996,7 +1036,7 @@ int NAME(kd_row_stats)(int64_t n_rows, int64_t n_cols, const FT *x, int64_t x_st
         o->top1[i] = 1.0 / s;
         o->argmax[i] = am;
         if (rows->labels) {
-            const double s1 = inv_t == (FT)1 ? s : NAME(row_sumexp)(xi, C, m, (FT)1);
+            const double s1 = inv_t == (FT)1 ? s : NAME(row_sumexp)(xi, C, m, (FT)1, NULL);
             o->ce[i] = (double)m + log(s1) - (double)xi[y];
             o->correct[i] = am == y;
         } else {
@@ -1016,7 +1056,7 @@ int NAME(kd_row_stats)(int64_t n_rows, int64_t n_cols, const FT *x, int64_t x_st
  * from sum (pS - pT)^2 = sum pS^2 - 2 sum pS pT + sum pT^2, so no second
  * pass is needed. Writes KD_PROFILE_FIELDS values into out. */
 static void NAME(row_profile)(const FT *z, const FT *v, int64_t C, FT mz, FT mv, double T,
-                              double *out)
+                              double *out, const FT *nz, const FT *nv)
 {
     const FT inv = NAME(inv_temp)(T);
     const VEC zero = {0};
@@ -1024,6 +1064,8 @@ static void NAME(row_profile)(const FT *z, const FT *v, int64_t C, FT mz, FT mv,
     int64_t j = 0;
     for (; j < C; j += VL) {
         const int full = j + VL <= C;
+        KD_PREFETCH(nz, j);
+        KD_PREFETCH(nv, j);
         VEC zz = full ? VLOAD(z + j) : NAME(load_tail)(z + j, C - j, -INFINITY);
         VEC vv = full ? VLOAD(v + j) : NAME(load_tail)(v + j, C - j, -INFINITY);
         VEC b = (zz - mz) * inv, a = (vv - mv) * inv;
@@ -1082,9 +1124,13 @@ int NAME(kd_profile)(int64_t n_rows, int64_t n_cols, const FT *student,
         KD_RECORD_ERROR(code, i, bad_code, bad_row);
         if (code != KD_OK)
             continue;
-        /* the row stays in cache across the temperatures: one pass over memory */
+        /* the row stays in cache across the temperatures: one pass over
+         * memory, and the first temperature's pass prefetches the next row */
+        const FT *nz = NAME(next_row)(z, student_stride, i, n_rows, C, 2);
+        const FT *nv = NAME(next_row)(v, teacher_stride, i, n_rows, C, 2);
         for (int64_t k = 0; k < n_temps; k++)
-            NAME(row_profile)(z, v, C, mz, mv, temperatures[k], ro + k * KD_PROFILE_FIELDS);
+            NAME(row_profile)(z, v, C, mz, mv, temperatures[k], ro + k * KD_PROFILE_FIELDS,
+                              k == 0 ? nz : NULL, k == 0 ? nv : NULL);
     }
     if (bad_code != KD_OK) {
         status->row = bad_row;
@@ -1098,12 +1144,12 @@ int NAME(kd_profile)(int64_t n_rows, int64_t n_cols, const FT *student,
 /* One row's CE at t = 1 (as kd_forward's hard-label term: lse1 - z_y), or
  * the row's error code. */
 static int NAME(row_ce1)(const FT *x, int64_t C, int64_t y, int check_finite,
-                         int err_nonfinite, int err_allinf, double *ce)
+                         int err_nonfinite, int err_allinf, double *ce, const FT *next)
 {
     FT m;
     int code = NAME(check_row)(x, C, check_finite, err_nonfinite, err_allinf, &m);
     if (code == KD_OK)
-        *ce = ((double)m + log(NAME(row_sumexp)(x, C, m, (FT)1))) - (double)x[y];
+        *ce = ((double)m + log(NAME(row_sumexp)(x, C, m, (FT)1, next))) - (double)x[y];
     return code;
 }
 
@@ -1134,16 +1180,20 @@ int NAME(kd_ce_pair)(int64_t n_rows, int64_t student_cols, const FT *student,
             KD_RECORD_ERROR(KD_ERR_LABEL, i, bad_code[0], bad_row[0]);
             continue;
         }
-        /* the student's row, then the teacher's, each while it is in cache */
-        int code = NAME(row_ce1)(student + i * student_stride, student_cols, y, check_finite,
-                                 KD_ERR_NONFINITE_STUDENT, KD_ERR_ALLINF_STUDENT,
-                                 &row_ce[2 * i]);
+        /* the student's row, then the teacher's, each while it is in cache;
+         * the student's pass prefetches the teacher's row, the teacher's the
+         * next student row */
+        const FT *zi = student + i * student_stride, *vi = teacher + i * teacher_stride;
+        const int fits = (uint64_t)(student_cols + teacher_cols) * sizeof(FT) <=
+                         KD_PREFETCH_BYTES;
+        int code = NAME(row_ce1)(zi, student_cols, y, check_finite, KD_ERR_NONFINITE_STUDENT,
+                                 KD_ERR_ALLINF_STUDENT, &row_ce[2 * i], fits ? vi : NULL);
         KD_RECORD_ERROR(code, i, bad_code[1], bad_row[1]);
         if (code != KD_OK)
             continue;
-        code = NAME(row_ce1)(teacher + i * teacher_stride, teacher_cols, y, check_finite,
-                             KD_ERR_NONFINITE_TEACHER, KD_ERR_ALLINF_TEACHER,
-                             &row_ce[2 * i + 1]);
+        code = NAME(row_ce1)(vi, teacher_cols, y, check_finite, KD_ERR_NONFINITE_TEACHER,
+                             KD_ERR_ALLINF_TEACHER, &row_ce[2 * i + 1],
+                             fits && i + 1 < n_rows ? zi + student_stride : NULL);
         KD_RECORD_ERROR(code, i, bad_code[2], bad_row[2]);
     }
     for (int k = 0; k < 3; k++)
