@@ -227,11 +227,13 @@ static inline __attribute__((always_inline)) VEC NAME(cached_exp)(const FT *c, i
     return j + VL <= C ? VLOAD(c + j) : NAME(load_tail)(c + j, C - j, 0);
 }
 
-/* The divergences other than forward KL (terms: kd_div.h), in double lanes */
+/* The divergences other than forward KL (terms: kd_div.h), in double lanes;
+ * with hc not NULL, the terms h_j are kept there (C rounded up to VL doubles)
+ * for the gradient pass, which then takes no exp and no log. */
 static inline __attribute__((always_inline)) void
 NAME(row_div_sums_as)(const int div, const FT *z, const FT *v, int64_t C, FT mz, FT mv,
                       FT inv_s, FT inv_t, double sS, double sT, const kd_params *p,
-                      const FT *cS, const FT *cT, double *D_out, double *Q_out)
+                      const FT *cS, const FT *cT, double *hc, double *D_out, double *Q_out)
 {
     const double ls = log(sS), lt = log(sT), inv_sS = 1.0 / sS, inv_sT = 1.0 / sT;
     kd_v4d accD = {0}, accQ = {0};
@@ -247,6 +249,8 @@ NAME(row_div_sums_as)(const int div, const FT *z, const FT *v, int64_t C, FT mz,
                              inv_sS, inv_sT, p->beta, p->alpha, &pS, &d, &h);
             accD += d;
             accQ += h;
+            if (hc)
+                kd_store_v4d(hc + j + 4 * q, h);
         }
     }
     *D_out = kd_acc_sum_v4d(accD);
@@ -255,13 +259,13 @@ NAME(row_div_sums_as)(const int div, const FT *z, const FT *v, int64_t C, FT mz,
 
 static void NAME(row_div_sums)(const FT *z, const FT *v, int64_t C, FT mz, FT mv,
                                FT inv_s, FT inv_t, double sS, double sT,
-                               const kd_params *p, const FT *cS, const FT *cT,
+                               const kd_params *p, const FT *cS, const FT *cT, double *hc,
                                double *D_out, double *Q_out)
 {
 #define KD_DIV_CASE(D)                                                           \
     case D:                                                                      \
-        NAME(row_div_sums_as)(D, z, v, C, mz, mv, inv_s, inv_t, sS, sT, p, cS, cT, D_out, \
-                              Q_out);                                            \
+        NAME(row_div_sums_as)(D, z, v, C, mz, mv, inv_s, inv_t, sS, sT, p, cS, cT, hc,     \
+                              D_out, Q_out);                                     \
         break;
     switch (p->divergence) {
         KD_DIV_CASE(KD_DIV_REVERSE_KL)
@@ -276,14 +280,38 @@ static void NAME(row_div_sums)(const FT *z, const FT *v, int64_t C, FT mz, FT mv
 }
 
 /* The gradient row for those divergences:
- * g_j = coef (h_j - pS_j Q) [+ cC exp(z_j - mz) - c_eps for the CE term]. */
+ * g_j = coef (h_j - pS_j Q) [+ cC exp(z_j - mz) - c_eps for the CE term],
+ * h_j from hc when the sums pass kept them (the same values, so the same
+ * bits), recomputed otherwise. */
 static inline __attribute__((always_inline)) void
 NAME(row_div_grad_as)(const int div, const FT *z, const FT *v, int64_t C, FT mz, FT mv,
                       FT inv_s, FT inv_t, double sS, double sT, const kd_params *p,
                       double coef, double Q, int use_ce, FT cC, FT c_eps, const FT *cS,
-                      const FT *cT, FT *g)
+                      const FT *cT, const double *hc, FT *g)
 {
     const double ls = log(sS), lt = log(sT), inv_sS = 1.0 / sS, inv_sT = 1.0 / sT;
+    if (hc) {
+        for (int64_t j = 0; j < C; j += VL) {
+            const int full = j + VL <= C;
+            VEC ce = {0};
+            if (use_ce) {
+                VEC zz = full ? VLOAD(z + j) : NAME(load_tail)(z + j, C - j, -INFINITY);
+                ce = cC * VEXP(zz - mz) - c_eps;
+            }
+            VEC eS = full ? VLOAD(cS + j) : NAME(load_tail)(cS + j, C - j, 0);
+            kd_v4d gp[VPARTS];
+            for (int q = 0; q < VPARTS; q++) {
+                const kd_v4d pS = VPART(eS, q) * inv_sS;
+                gp[q] = coef * (kd_load_v4d(hc + j + 4 * q) - pS * Q) + VPART(ce, q);
+            }
+            VEC gj = VJOIN(gp);
+            if (full)
+                VSTORE(g + j, gj);
+            else
+                NAME(store_tail)(g + j, C - j, gj);
+        }
+        return;
+    }
     for (int64_t j = 0; j < C; j += VL) {
         const int full = j + VL <= C;
         VEC zz = full ? VLOAD(z + j) : NAME(load_tail)(z + j, C - j, -INFINITY);
@@ -311,12 +339,12 @@ NAME(row_div_grad_as)(const int div, const FT *z, const FT *v, int64_t C, FT mz,
 static void NAME(row_div_grad)(const FT *z, const FT *v, int64_t C, FT mz, FT mv, FT inv_s,
                                FT inv_t, double sS, double sT, const kd_params *p,
                                double coef, double Q, int use_ce, FT cC, FT c_eps,
-                               const FT *cS, const FT *cT, FT *g)
+                               const FT *cS, const FT *cT, const double *hc, FT *g)
 {
 #define KD_DIV_CASE(D)                                                           \
     case D:                                                                      \
         NAME(row_div_grad_as)(D, z, v, C, mz, mv, inv_s, inv_t, sS, sT, p, coef, Q,   \
-                              use_ce, cC, c_eps, cS, cT, g);                     \
+                              use_ce, cC, c_eps, cS, cT, hc, g);                 \
         break;
     switch (p->divergence) {
         KD_DIV_CASE(KD_DIV_REVERSE_KL)
@@ -553,11 +581,17 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
      * instead of six. Not in place: those passes also read z. */
     const int cache_div = grad && use_kd && !dkd && p->divergence != KD_DIV_KL && !prepass &&
                           C <= KD_CACHE_COLS;
+    const int rev_closed_div = p->divergence == KD_DIV_REVERSE_KL ||
+                               p->divergence == KD_DIV_SYMMETRIC_KL;
 
 #pragma omp parallel num_threads(n_threads) if (par)
     {
     /* without it (out of memory) the thread recomputes its exps */
     FT *scratch = cache_exps || cache_div ? (FT *)malloc(sizeof(FT) * (size_t)C) : NULL;
+    /* and the divergences with a pass of their own keep their terms h_j */
+    double *hcache = cache_div && !rev_closed_div
+                         ? (double *)malloc(sizeof(double) * (size_t)(C + VL))
+                         : NULL;
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < n_rows; i++) {
         FT *g = grad ? grad + i * grad_stride : NULL;
@@ -639,6 +673,7 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
         const int cached = cache_ok && cache_exps && scratch;
         const int half = cache_ok && cache_half;
         const int div_cached = cache_div && scratch;
+        const int h_cached = div_cached && hcache;
         double sS = 1, sT = 1, D = 0, Q = 0, P_atkd = 0;
         const int atkd_grad = g && use_kd && p->adaptive && !p->detach_temperature && std_z > 0;
         NAME(kd_nt) nt = {0, 0, 0, 0, 0};
@@ -700,7 +735,8 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
                 }
             } else {
                 NAME(row_div_sums)(z, v, C, mz, mv, inv_s, inv_t, sS, sT, p,
-                                   div_cached ? g : NULL, div_cached ? scratch : NULL, &D, &Q);
+                                   div_cached ? g : NULL, div_cached ? scratch : NULL,
+                                   h_cached ? hcache : NULL, &D, &Q);
             }
             D = D > 0 ? D : 0; /* every divergence is >= 0; drop rounding */
         }
@@ -843,12 +879,14 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
             g[y] = gy + (use_ce ? cC * EXP(zy - mz) - c_eps : (FT)0);
         } else {
             NAME(row_div_grad)(z, v, C, mz, mv, inv_s, inv_t, sS, sT, p, coef, Q, use_ce, cC,
-                               c_eps, div_cached ? g : NULL, div_cached ? scratch : NULL, g);
+                               c_eps, div_cached ? g : NULL, div_cached ? scratch : NULL,
+                               h_cached ? hcache : NULL, g);
         }
         if (use_ce)
             g[y] -= (FT)(c1 * (1 - eps));
     }
     free(scratch);
+    free(hcache);
     }
     free(maxes);
     if (bad_code != KD_OK) {
