@@ -6,6 +6,7 @@
  *   VEC, VINT      eight-lane FT vector and its comparison-mask type
  *   VL             lanes per vector (8 float, 4 double)
  *   VLOAD, VSTORE, VSEL, VMAX, VEXP  vector load, store, select, max, exp
+ *   VHMAX, VANY    largest lane of a running max; any lane of a mask set
  *   VLOADTAIL, VSTORETAIL  the first n < VL elements
  *   ACC, ACC_ADD, ACC_MUL, ACC_SUM  double accumulators of VL lanes
  */
@@ -79,14 +80,8 @@ static FT NAME(row_max)(const FT *x, int64_t C, int *nonfinite)
         m0 = VMAX(v, m0);
         nan |= v != v;
     }
-    m0 = VMAX(m1, m0);
-    FT mx = -INFINITY;
-    int anynan = 0;
-    for (int k = 0; k < VL; k++) {
-        mx = m0[k] > mx ? m0[k] : mx;
-        anynan |= nan[k] != 0;
-    }
-    *nonfinite = anynan || mx == INFINITY;
+    const FT mx = VHMAX(VMAX(m1, m0));
+    *nonfinite = VANY(nan) || mx == INFINITY;
     return mx;
 }
 

@@ -32,6 +32,8 @@
 #define VSTORETAIL kd_store_tail_v16f
 #define VSEL kd_sel_v16f
 #define VMAX kd_max_v16f
+#define VHMAX kd_hmax_v16f
+#define VANY kd_any_v16i
 #define VEXP kd_exp_v16f
 #define VPARTS 4
 #define VPART kd_part_v16f
@@ -50,6 +52,8 @@
 #define VSTORETAIL kd_store_tail_v8f
 #define VSEL kd_sel_v8f
 #define VMAX kd_max_v8f
+#define VHMAX kd_hmax_v8f
+#define VANY kd_any_v8i
 #define VEXP kd_exp_v8f
 #define VPARTS 2
 #define VPART kd_part_v8f
@@ -73,6 +77,8 @@
 #undef VSTORETAIL
 #undef VSEL
 #undef VMAX
+#undef VHMAX
+#undef VANY
 #undef VEXP
 #undef VPARTS
 #undef VPART
@@ -97,6 +103,8 @@
 #define VSTORETAIL kd_store_tail_v8d
 #define VSEL kd_sel_v8d
 #define VMAX kd_max_v8d
+#define VHMAX kd_hmax_v8d
+#define VANY kd_any_v8l
 #define VEXP kd_exp_v8d
 #define VPARTS 2
 #define VPART kd_part_v8d
@@ -115,6 +123,8 @@
 #define VSTORETAIL kd_store_tail_v4d
 #define VSEL kd_sel_v4d
 #define VMAX kd_max_v4d
+#define VHMAX kd_hmax_v4d
+#define VANY kd_any_v4l
 #define VEXP kd_exp_v4d
 #define VPARTS 1
 #define VPART kd_part_v4d
@@ -138,6 +148,8 @@
 #undef VSTORETAIL
 #undef VSEL
 #undef VMAX
+#undef VHMAX
+#undef VANY
 #undef VEXP
 #undef VPARTS
 #undef VPART

@@ -197,6 +197,23 @@ KD_VINLINE void kd_store_tail_v4d(double *x, int64_t n, kd_v4d v)
 {
     _mm256_maskstore_pd(x, (__m256i)kd_tail_mask_v4(n), (__m256d)v);
 }
+/* The largest lane of a running max (kd_max_* never lets a NaN in), and
+ * whether a comparison mask has any lane set: shuffles rather than a loop
+ * over the lanes, once per row. */
+KD_VINLINE float kd_hmax_v8f(kd_v8f m)
+{
+    __m128 q = _mm_max_ps(_mm256_castps256_ps128((__m256)m), _mm256_extractf128_ps((__m256)m, 1));
+    q = _mm_max_ps(q, _mm_movehl_ps(q, q));
+    return _mm_cvtss_f32(_mm_max_ss(q, _mm_shuffle_ps(q, q, 1)));
+}
+KD_VINLINE double kd_hmax_v4d(kd_v4d m)
+{
+    const __m128d q = _mm_max_pd(_mm256_castpd256_pd128((__m256d)m),
+                                 _mm256_extractf128_pd((__m256d)m, 1));
+    return _mm_cvtsd_f64(_mm_max_sd(q, _mm_unpackhi_pd(q, q)));
+}
+KD_VINLINE int kd_any_v8i(kd_v8i m) { return _mm256_movemask_ps((__m256)m) != 0; }
+KD_VINLINE int kd_any_v4l(kd_v4l m) { return _mm256_movemask_pd((__m256d)m) != 0; }
 #else
 KD_VINLINE kd_v8f kd_fma_v8f(kd_v8f a, kd_v8f b, kd_v8f c) { return a * b + c; }
 KD_VINLINE kd_v4d kd_fma_v4d(kd_v4d a, kd_v4d b, kd_v4d c) { return a * b + c; }
@@ -240,6 +257,24 @@ KD_VINLINE kd_v8f kd_concat_v4f(kd_v4f lo, kd_v4f hi)
     }
 KD_DEFINE_BUFFER_TAILS(v8f, kd_v8f, float, 8)
 KD_DEFINE_BUFFER_TAILS(v4d, kd_v4d, double, 4)
+/* the largest lane, and whether any mask lane is set (as the AVX2 ones) */
+#define KD_DEFINE_LANE_REDUCTIONS(SFX, V, I, E, L, ISFX)                         \
+    KD_VINLINE E kd_hmax_##SFX(V m)                                              \
+    {                                                                            \
+        E x = m[0];                                                              \
+        for (int k = 1; k < L; k++)                                              \
+            x = m[k] > x ? m[k] : x;                                             \
+        return x;                                                                \
+    }                                                                            \
+    KD_VINLINE int kd_any_##ISFX(I m)                                            \
+    {                                                                            \
+        int any = 0;                                                             \
+        for (int k = 0; k < L; k++)                                              \
+            any |= m[k] != 0;                                                    \
+        return any;                                                              \
+    }
+KD_DEFINE_LANE_REDUCTIONS(v8f, kd_v8f, kd_v8i, float, 8, v8i)
+KD_DEFINE_LANE_REDUCTIONS(v4d, kd_v4d, kd_v4l, double, 4, v4l)
 #endif
 
 /* accumulators of float rows: acc += x, acc += x * y (in double; a sum of
@@ -255,6 +290,23 @@ KD_VINLINE void kd_acc_mul_v8f(kd_acc8 *acc, kd_v8f x, kd_v8f y)
     acc->lo += kd_widen_v4f(kd_lo_v8f(x)) * kd_widen_v4f(kd_lo_v8f(y));
     acc->hi += kd_widen_v4f(kd_hi_v8f(x)) * kd_widen_v4f(kd_hi_v8f(y));
 }
+#ifdef KD_AVX2_FMA
+/* kd_sum_lanes of s0..s3 = lo, s4..s7 = hi in registers (the same additions:
+ * hadd gives s0+s1, s4+s5, s2+s3, s6+s7), and of four lanes,
+ * (a0 + a1) + (a2 + a3); a reduction per row sum, so it counts at small C */
+KD_VINLINE double kd_sum_halves_v4d(kd_v4d lo, kd_v4d hi)
+{
+    const __m256d t = _mm256_hadd_pd((__m256d)lo, (__m256d)hi);
+    const __m128d u = _mm_add_pd(_mm256_castpd256_pd128(t), _mm256_extractf128_pd(t, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(u, _mm_unpackhi_pd(u, u)));
+}
+KD_VINLINE double kd_acc_sum_v8f(kd_acc8 acc) { return kd_sum_halves_v4d(acc.lo, acc.hi); }
+KD_VINLINE double kd_acc_sum_v4d(kd_v4d acc)
+{
+    const __m256d t = _mm256_hadd_pd((__m256d)acc, (__m256d)acc);
+    return _mm_cvtsd_f64(_mm_add_sd(_mm256_castpd256_pd128(t), _mm256_extractf128_pd(t, 1)));
+}
+#else
 KD_VINLINE double kd_acc_sum_v8f(kd_acc8 acc)
 {
     double s[8];
@@ -262,9 +314,10 @@ KD_VINLINE double kd_acc_sum_v8f(kd_acc8 acc)
     kd_store_v4d(s + 4, acc.hi);
     return kd_sum_lanes(s);
 }
+KD_VINLINE double kd_acc_sum_v4d(kd_v4d acc) { return (acc[0] + acc[1]) + (acc[2] + acc[3]); }
+#endif
 KD_VINLINE void kd_acc_add_v4d(kd_v4d *acc, kd_v4d x) { *acc += x; }
 KD_VINLINE void kd_acc_mul_v4d(kd_v4d *acc, kd_v4d x, kd_v4d y) { *acc += x * y; }
-KD_VINLINE double kd_acc_sum_v4d(kd_v4d acc) { return (acc[0] + acc[1]) + (acc[2] + acc[3]); }
 
 /* kd_exp_f32 on float lanes V (int lanes I, unsigned U, multiply-add FMA),
  * for x <= 0 (or NaN): every vector exp in the kernels is of
@@ -335,11 +388,14 @@ KD_VINLINE kd_v4d kd_log_v4d(kd_v4d x)
 {
     const kd_v4d zero = {0}, one = zero + 1.0;
     kd_v4l bits = (kd_v4l)x;
-    kd_v4l ei = (bits >> 52) - 1023;
     kd_v4d m = (kd_v4d)((bits & 0x000fffffffffffffLL) | 0x3ff0000000000000LL);
     kd_v4l big = m > 1.4142135623730951;
     m = kd_sel_v4d(big, m * 0.5, m);
-    kd_v4d e = __builtin_convertvector(ei - big, kd_v4d);
+    /* the biased exponent (0..2047 for x >= 0) as a double, exactly: put in
+     * the mantissa of 2^52 and subtract 2^52 (x86 has no int64 -> double
+     * conversion below AVX-512DQ, and GCC makes one a scalar per lane) */
+    kd_v4d e = (kd_v4d)((bits >> 52) | 0x4330000000000000LL) - (4503599627370496.0 + 1023.0);
+    e = kd_sel_v4d(big, e + 1.0, e);
     kd_v4d s = (m - one) / (m + one);
     kd_v4d s2 = s * s;
     kd_v4d p = zero + 1.0 / 21.0;
@@ -424,6 +480,11 @@ KD_VINLINE void kd_store_tail_v8d(double *x, int64_t n, kd_v8d v)
     _mm512_mask_storeu_pd(x, (__mmask8)((1u << n) - 1u), (__m512d)v);
 }
 
+KD_VINLINE float kd_hmax_v16f(kd_v16f m) { return _mm512_reduce_max_ps((__m512)m); }
+KD_VINLINE double kd_hmax_v8d(kd_v8d m) { return _mm512_reduce_max_pd((__m512d)m); }
+KD_VINLINE int kd_any_v16i(kd_v16i m) { return _mm512_test_epi32_mask((__m512i)m, (__m512i)m) != 0; }
+KD_VINLINE int kd_any_v8l(kd_v8l m) { return _mm512_test_epi64_mask((__m512i)m, (__m512i)m) != 0; }
+
 /* halves: eight floats to eight doubles */
 KD_VINLINE kd_v8d kd_widen_lo_v16f(kd_v16f x)
 {
@@ -446,9 +507,8 @@ KD_VINLINE void kd_acc_mul_v16f(kd_acc16 *acc, kd_v16f x, kd_v16f y)
 }
 KD_VINLINE double kd_acc_sum_v8d(kd_v8d acc)
 {
-    double s[8];
-    kd_store_v8d(s, acc);
-    return kd_sum_lanes(s);
+    return kd_sum_halves_v4d((kd_v4d)_mm512_extractf64x4_pd((__m512d)acc, 0),
+                             (kd_v4d)_mm512_extractf64x4_pd((__m512d)acc, 1));
 }
 KD_VINLINE double kd_acc_sum_v16f(kd_acc16 acc)
 {
