@@ -456,15 +456,19 @@ static NAME(kd_nt) NAME(row_dkd_sums)(const FT *z, const FT *v, int64_t C, int64
     const int has_s = mz > -INFINITY, has_t = mv > -INFINITY;
     if (has_s && has_t) {
         double sS1, sT1, A1;
-        NAME(row_kl_sums)(z, v, y, mz, mv, inv_s, inv_t, &r.sS, &r.sT, &r.A, NULL, NULL, NULL, NULL);
-        NAME(row_kl_sums)(z1, v1, C1, mz, mv, inv_s, inv_t, &sS1, &sT1, &A1, NULL, NULL, NULL, NULL);
+        NAME(row_kl_sums)(z, v, y, mz, mv, inv_s, inv_t, &r.sS, &r.sT, &r.A, NULL, NULL, NULL,
+                          NULL);
+        NAME(row_kl_sums)(z1, v1, C1, mz, mv, inv_s, inv_t, &sS1, &sT1, &A1, NULL, NULL, NULL,
+                          NULL);
         r.sS += sS1;
         r.sT += sT1;
         r.A += A1;
     } else if (has_s) {
-        r.sS = NAME(row_sumexp)(z, y, mz, inv_s, NULL) + NAME(row_sumexp)(z1, C1, mz, inv_s, NULL);
+        r.sS = NAME(row_sumexp)(z, y, mz, inv_s, NULL) +
+               NAME(row_sumexp)(z1, C1, mz, inv_s, NULL);
     } else if (has_t) {
-        r.sT = NAME(row_sumexp)(v, y, mv, inv_t, NULL) + NAME(row_sumexp)(v1, C1, mv, inv_t, NULL);
+        r.sT = NAME(row_sumexp)(v, y, mv, inv_t, NULL) +
+               NAME(row_sumexp)(v1, C1, mv, inv_t, NULL);
     }
     return r;
 }

@@ -482,8 +482,14 @@ KD_VINLINE void kd_store_tail_v8d(double *x, int64_t n, kd_v8d v)
 
 KD_VINLINE float kd_hmax_v16f(kd_v16f m) { return _mm512_reduce_max_ps((__m512)m); }
 KD_VINLINE double kd_hmax_v8d(kd_v8d m) { return _mm512_reduce_max_pd((__m512d)m); }
-KD_VINLINE int kd_any_v16i(kd_v16i m) { return _mm512_test_epi32_mask((__m512i)m, (__m512i)m) != 0; }
-KD_VINLINE int kd_any_v8l(kd_v8l m) { return _mm512_test_epi64_mask((__m512i)m, (__m512i)m) != 0; }
+KD_VINLINE int kd_any_v16i(kd_v16i m)
+{
+    return _mm512_test_epi32_mask((__m512i)m, (__m512i)m) != 0;
+}
+KD_VINLINE int kd_any_v8l(kd_v8l m)
+{
+    return _mm512_test_epi64_mask((__m512i)m, (__m512i)m) != 0;
+}
 
 /* halves: eight floats to eight doubles */
 KD_VINLINE kd_v8d kd_widen_lo_v16f(kd_v16f x)
