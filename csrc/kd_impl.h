@@ -1,10 +1,11 @@
 /* Body of the KD kernels, written once and instantiated per dtype and ISA by
  * kd_kernels.h:
  *   FT, SFX        element type (float, double) and name suffix (f32, f64)
- *   KD_ISA         second name suffix (base, avx2)
+ *   KD_ISA         second name suffix (base, avx2, avx512)
  *   EXP            scalar exp for FT (kd_math.h)
- *   VEC, VINT      eight-lane FT vector and its comparison-mask type
- *   VL             lanes per vector (8 float, 4 double)
+ *   VEC, VINT      VL-lane FT vector and its comparison-mask type
+ *   VL             lanes per vector (8 float, 4 double; 16 and 8 in avx512)
+ *   VPARTS, VPART, VJOIN  the four-double parts of a vector, and back
  *   VLOAD, VSTORE, VSEL, VMAX, VEXP  vector load, store, select, max, exp
  *   VHMAX, VANY    largest lane of a running max; any lane of a mask set
  *   VLOADTAIL, VSTORETAIL  the first n < VL elements
@@ -275,38 +276,14 @@ static void NAME(row_div_sums)(const FT *z, const FT *v, int64_t C, FT mz, FT mv
 }
 
 /* The gradient row for those divergences:
- * g_j = coef (h_j - pS_j Q) [+ cC exp(z_j - mz) - c_eps for the CE term],
- * h_j from hc when the sums pass kept them (the same values, so the same
- * bits), recomputed otherwise. */
+ * g_j = coef (h_j - pS_j Q) [+ cC exp(z_j - mz) - c_eps for the CE term]. */
 static inline __attribute__((always_inline)) void
 NAME(row_div_grad_as)(const int div, const FT *z, const FT *v, int64_t C, FT mz, FT mv,
                       FT inv_s, FT inv_t, double sS, double sT, const kd_params *p,
                       double coef, double Q, int use_ce, FT cC, FT c_eps, const FT *cS,
-                      const FT *cT, const double *hc, FT *g)
+                      const FT *cT, FT *g)
 {
     const double ls = log(sS), lt = log(sT), inv_sS = 1.0 / sS, inv_sT = 1.0 / sT;
-    if (hc) {
-        for (int64_t j = 0; j < C; j += VL) {
-            const int full = j + VL <= C;
-            VEC ce = {0};
-            if (use_ce) {
-                VEC zz = full ? VLOAD(z + j) : NAME(load_tail)(z + j, C - j, -INFINITY);
-                ce = cC * VEXP(zz - mz) - c_eps;
-            }
-            VEC eS = full ? VLOAD(cS + j) : NAME(load_tail)(cS + j, C - j, 0);
-            kd_v4d gp[VPARTS];
-            for (int q = 0; q < VPARTS; q++) {
-                const kd_v4d pS = VPART(eS, q) * inv_sS;
-                gp[q] = coef * (kd_load_v4d(hc + j + 4 * q) - pS * Q) + VPART(ce, q);
-            }
-            VEC gj = VJOIN(gp);
-            if (full)
-                VSTORE(g + j, gj);
-            else
-                NAME(store_tail)(g + j, C - j, gj);
-        }
-        return;
-    }
     for (int64_t j = 0; j < C; j += VL) {
         const int full = j + VL <= C;
         VEC zz = full ? VLOAD(z + j) : NAME(load_tail)(z + j, C - j, -INFINITY);
@@ -334,12 +311,12 @@ NAME(row_div_grad_as)(const int div, const FT *z, const FT *v, int64_t C, FT mz,
 static void NAME(row_div_grad)(const FT *z, const FT *v, int64_t C, FT mz, FT mv, FT inv_s,
                                FT inv_t, double sS, double sT, const kd_params *p,
                                double coef, double Q, int use_ce, FT cC, FT c_eps,
-                               const FT *cS, const FT *cT, const double *hc, FT *g)
+                               const FT *cS, const FT *cT, FT *g)
 {
 #define KD_DIV_CASE(D)                                                           \
     case D:                                                                      \
         NAME(row_div_grad_as)(D, z, v, C, mz, mv, inv_s, inv_t, sS, sT, p, coef, Q,   \
-                              use_ce, cC, c_eps, cS, cT, hc, g);                 \
+                              use_ce, cC, c_eps, cS, cT, g);                     \
         break;
     switch (p->divergence) {
         KD_DIV_CASE(KD_DIV_REVERSE_KL)
@@ -351,6 +328,35 @@ static void NAME(row_div_grad)(const FT *z, const FT *v, int64_t C, FT mz, FT mv
         KD_DIV_CASE(KD_DIV_TVD)
     }
 #undef KD_DIV_CASE
+}
+
+/* The same gradient row from the terms h_j the sums pass kept in hc and the
+ * student's exps kept in cS: the values row_div_grad computes, so the same
+ * bits, with no exp (but the CE term's) and no log, whatever the divergence. */
+static void NAME(row_h_grad)(const FT *z, int64_t C, FT mz, double sS, double coef, double Q,
+                             int use_ce, FT cC, FT c_eps, const FT *cS, const double *hc,
+                             FT *g)
+{
+    const double inv_sS = 1.0 / sS;
+    for (int64_t j = 0; j < C; j += VL) {
+        const int full = j + VL <= C;
+        VEC ce = {0};
+        if (use_ce) {
+            VEC zz = full ? VLOAD(z + j) : NAME(load_tail)(z + j, C - j, -INFINITY);
+            ce = cC * VEXP(zz - mz) - c_eps;
+        }
+        VEC eS = full ? VLOAD(cS + j) : NAME(load_tail)(cS + j, C - j, 0);
+        kd_v4d gp[VPARTS];
+        for (int q = 0; q < VPARTS; q++) {
+            const kd_v4d pS = VPART(eS, q) * inv_sS;
+            gp[q] = coef * (kd_load_v4d(hc + j + 4 * q) - pS * Q) + VPART(ce, q);
+        }
+        VEC gj = VJOIN(gp);
+        if (full)
+            VSTORE(g + j, gj);
+        else
+            NAME(store_tail)(g + j, C - j, gj);
+    }
 }
 
 /* Mean and standard deviation (ddof) of a row's finite entries, -inf
@@ -580,6 +586,8 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
      * instead of six. Not in place: those passes also read z. */
     const int cache_div = grad && use_kd && !dkd && p->divergence != KD_DIV_KL && !prepass &&
                           C <= KD_CACHE_COLS;
+    /* reverse and symmetric KL take D and Q from the sums pass, no pass of
+     * their own */
     const int rev_closed_div = p->divergence == KD_DIV_REVERSE_KL ||
                                p->divergence == KD_DIV_SYMMETRIC_KL;
 
@@ -677,10 +685,7 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
         const int atkd_grad = g && use_kd && p->adaptive && !p->detach_temperature && std_z > 0;
         NAME(kd_nt) nt = {0, 0, 0, 0, 0};
         double pSy = 0, pTy = 0; /* dkd: target probabilities */
-        /* reverse and symmetric KL: D and Q from the sums pass, no pass of
-         * their own */
-        const int rev_closed = use_kd && !atkd_grad && (p->divergence == KD_DIV_REVERSE_KL ||
-                                                        p->divergence == KD_DIV_SYMMETRIC_KL);
+        const int rev_closed = use_kd && !atkd_grad && rev_closed_div;
         if (use_kd) {
             double A, R = 0;
             if (atkd_grad)
@@ -876,10 +881,11 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
             }
             /* the target column is not in the non-target sums */
             g[y] = gy + (use_ce ? cC * EXP(zy - mz) - c_eps : (FT)0);
+        } else if (h_cached) {
+            NAME(row_h_grad)(z, C, mz, sS, coef, Q, use_ce, cC, c_eps, g, hcache, g);
         } else {
             NAME(row_div_grad)(z, v, C, mz, mv, inv_s, inv_t, sS, sT, p, coef, Q, use_ce, cC,
-                               c_eps, div_cached ? g : NULL, div_cached ? scratch : NULL,
-                               h_cached ? hcache : NULL, g);
+                               c_eps, div_cached ? g : NULL, div_cached ? scratch : NULL, g);
         }
         if (use_ce)
             g[y] -= (FT)(c1 * (1 - eps));
