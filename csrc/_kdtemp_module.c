@@ -102,7 +102,7 @@ static double max_temperature(int type)
 }
 
 /* ValueError for a temperature outside [min_temperature, max_temperature]. */
-static int check_min_temperature(const char *name, double x, int type, Py_ssize_t row)
+static int check_temperature_range(const char *name, double x, int type, Py_ssize_t row)
 {
     if (x >= min_temperature(type) && x <= max_temperature(type))
         return 0;
@@ -115,8 +115,9 @@ static int check_min_temperature(const char *name, double x, int type, Py_ssize_
     return -1;
 }
 
-/* A temperature: a number, or a length-n array; every value finite and
- * >= min_temperature(type). Fills t; *hold keeps a converted array alive. */
+/* A temperature: a number, or a length-n array; every value finite and in
+ * [min_temperature(type), max_temperature(type)]. Fills t; *hold keeps a
+ * converted array alive. */
 static int parse_temps(PyObject *obj, const char *name, npy_intp n, int type, double *scalar,
                        kd_temps *t, PyArrayObject **hold)
 {
@@ -166,7 +167,7 @@ static int parse_temps(PyObject *obj, const char *name, npy_intp n, int type, do
             Py_DECREF(a);
             return -1;
         }
-        if (check_min_temperature(name, x, type, row) < 0) {
+        if (check_temperature_range(name, x, type, row) < 0) {
             Py_DECREF(a);
             return -1;
         }
@@ -499,8 +500,9 @@ static PyObject *py_kd_forward(PyObject *self, PyObject *args, PyObject *kw)
                     &tt_hold) < 0)
         goto fail;
     /* ATKD's temperatures are at least b eps */
-    if (adaptive && check_min_temperature("base_temperature * eps", base_temperature * std_eps,
-                                          PyArray_TYPE(z), -1) < 0)
+    if (adaptive && check_temperature_range("base_temperature * eps",
+                                            base_temperature * std_eps, PyArray_TYPE(z),
+                                            -1) < 0)
         goto fail;
     if (parse_rows_array(labels_o, "labels", NPY_INT64, N, &labels) < 0 ||
         parse_rows_array(mask_o, "mask", NPY_BOOL, N, &mask) < 0)
@@ -948,8 +950,8 @@ static PyObject *py_profile(PyObject *self, PyObject *args, PyObject *kw)
         if (!(isfinite(tk[k]) && tk[k] > 0)) {
             err_value("temperatures", "must be finite and > 0", tk[k], (Py_ssize_t)k);
             goto fail;
-        } else if (check_min_temperature("temperatures", tk[k], PyArray_TYPE(z),
-                                         (Py_ssize_t)k) < 0) {
+        } else if (check_temperature_range("temperatures", tk[k], PyArray_TYPE(z),
+                                           (Py_ssize_t)k) < 0) {
             goto fail;
         }
     if (parse_rows(labels_o, mask_o, ignore_index, N, &labels, &mask, &rows) < 0)

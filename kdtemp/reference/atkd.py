@@ -24,7 +24,8 @@ import numpy as np
 
 from kdtemp._types import ATKDResult, LossResult
 from kdtemp.reference.kd import (REDUCTIONS, _ce_rows, _check_choice, _check_finite,
-                                 _check_logits, _check_min_temperature, _check_n_threads, _check_not_all_neginf,
+                                 _check_logits, _check_temperature_range, _check_n_threads,
+                                 _check_not_all_neginf,
                                  _check_out, _check_real, _counted_rows, _finish_grad,
                                  _kl_rows, _log_softmax_rows, _reduce, _row_array,
                                  _temperatures)
@@ -168,7 +169,7 @@ def atkd_loss(student, teacher, *, base_temperature: float = 1.0, ddof: int = 0,
     eps = _check_real(eps, "eps")
     if not eps > 0:
         raise ValueError(f"`eps` must be finite and > 0, got {eps!r}")
-    _check_min_temperature(b * eps, "base_temperature * eps", student.dtype)  # tS, tT >= b eps
+    _check_temperature_range(b * eps, "base_temperature * eps", student.dtype)  # tS, tT >= b eps
     kd_weight = _check_real(kd_weight, "kd_weight")
     ce_weight = _check_real(ce_weight, "ce_weight")
     if ce_weight != 0.0 and labels is None:

@@ -25,7 +25,7 @@ from typing import Any, Optional, Sequence, Tuple
 import numpy as np
 
 from kdtemp.diagnostics import RowStats, TemperatureProfile
-from kdtemp.reference.kd import _check_min_temperature
+from kdtemp.reference.kd import _check_temperature_range
 
 __all__ = ["row_stats", "temperature_profile", "match_sharpness"]
 
@@ -72,7 +72,7 @@ def _per_row(t: Any, lead: Tuple[int, ...], n: int, name: str, dtype) -> np.ndar
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise ValueError(f"`{name}` must be finite and > 0, got {a[i]!r} (row {i})")
-    _check_min_temperature(a, name, dtype, None if np.ndim(t) == 0 else (lambda i: f" (row {i})"))
+    _check_temperature_range(a, name, dtype, None if np.ndim(t) == 0 else (lambda i: f" (row {i})"))
     return a
 
 
@@ -257,7 +257,7 @@ def temperature_profile(student: Any, teacher: Any,
     if bad.any():
         k = int(np.flatnonzero(bad)[0])
         raise ValueError(f"`temperatures` must be finite and > 0, got {temps[k]!r} (index {k})")
-    _check_min_temperature(temps, "temperatures", za.dtype, lambda k: f" (index {k})")
+    _check_temperature_range(temps, "temperatures", za.dtype, lambda k: f" (index {k})")
     lead, c = za.shape[:-1], za.shape[-1]
     n = int(np.prod(lead, dtype=np.int64))
     counted, _ = _counted(labels, mask, int(ignore_index), lead, n, c)

@@ -123,7 +123,7 @@ def min_temperature(dtype) -> float:
     return 1.0 / float(np.finfo(dtype).max)
 
 
-def _check_min_temperature(t: np.ndarray, name: str, dtype, where=None) -> None:
+def _check_temperature_range(t: np.ndarray, name: str, dtype, where=None) -> None:
     """ValueError naming ``name`` for the first value of ``t`` below
     :func:`min_temperature` or above the dtype's largest value (whose inverse
     would underflow); ``where(i)`` says where it is."""
@@ -161,7 +161,7 @@ def _temperatures(t, n: int, name: str, lead: Optional[Tuple[int, ...]] = None,
         where = "" if np.ndim(t) == 0 else f" (row {i})"
         raise ValueError(f"`{name}` must be finite and > 0, got {arr[i]!r}{where}")
     if dtype is not None:
-        _check_min_temperature(arr, name, dtype,
+        _check_temperature_range(arr, name, dtype,
                                None if np.ndim(t) == 0 else (lambda i: f" (row {i})"))
     return arr
 

@@ -108,8 +108,8 @@ def _temperature(t: Any, name: str, lead: Tuple[int, ...], n: int, like: Tensor,
         if check and not (t > 0 and float(t) < float("inf")):
             raise ValueError(f"`{name}` must be finite and > 0, got {float(t)!r}")
         if check:
-            _check_min_temperature(torch.tensor([float(t)], dtype=torch.float64), name,
-                                   like.dtype, scalar=True)
+            _check_temperature_range(torch.tensor([float(t)], dtype=torch.float64), name,
+                                     like.dtype, scalar=True)
         # ones * t, not full(t): under torch.compile a float that changes every
         # step stays symbolic instead of being baked into the graph
         return torch.ones((1, 1), dtype=like.dtype, device=like.device) * t
@@ -139,12 +139,12 @@ def _temperature(t: Any, name: str, lead: Tuple[int, ...], n: int, like: Tensor,
             raise ValueError(f"`{name}` must be finite and > 0, got "
                              f"{float(col.reshape(-1)[i])!r}"
                              + ("" if col.numel() == 1 else f" at row {i}"))
-        _check_min_temperature(col.detach().reshape(-1), name, like.dtype,
-                               scalar=col.numel() == 1)
+        _check_temperature_range(col.detach().reshape(-1), name, like.dtype,
+                                 scalar=col.numel() == 1)
     return col.to(like.dtype)
 
 
-def _check_min_temperature(t: Tensor, name: str, dtype: torch.dtype, scalar: bool) -> None:
+def _check_temperature_range(t: Tensor, name: str, dtype: torch.dtype, scalar: bool) -> None:
     """The kernels' temperature range for logits of ``dtype`` (computed in): from
     the one whose inverse is the dtype's largest finite value to that value."""
     lo, hi = 1.0 / torch.finfo(dtype).max, float(torch.finfo(dtype).max)
