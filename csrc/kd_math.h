@@ -29,6 +29,7 @@
 #define KD_LN2_HI_F 0.693359375f /* ln 2 = HI - LO_NEG, HI with 9 bits */
 #define KD_LN2_LO_NEG_F 2.12194440e-4f
 #define KD_SHIFTER_F 12582912.0f /* 1.5 * 2^23: t + it rounds t to an integer */
+#define KD_EXPD_LO (-708.3964185322641) /* log(2^-1022) */
 
 static inline float kd_exp_f32(float x)
 {
@@ -59,7 +60,7 @@ static inline float kd_exp_f32(float x)
  * series to degree 13 (truncation error < 1e-17 on |r| <= ln2/2). */
 static inline double kd_exp_f64(double x)
 {
-    const double lo = -708.3964185322641, hi = 709.0;
+    const double lo = KD_EXPD_LO, hi = 709.0;
     double xc = x < lo ? lo : x;
     xc = xc > hi ? hi : xc;
     const double shifter = 6755399441055744.0; /* 1.5 * 2^52 */
@@ -319,18 +320,34 @@ KD_VINLINE double kd_acc_sum_v4d(kd_v4d acc) { return (acc[0] + acc[1]) + (acc[2
 KD_VINLINE void kd_acc_add_v4d(kd_v4d *acc, kd_v4d x) { *acc += x; }
 KD_VINLINE void kd_acc_mul_v4d(kd_v4d *acc, kd_v4d x, kd_v4d y) { *acc += x * y; }
 
-/* kd_exp_f32 on float lanes V (int lanes I, unsigned U, multiply-add FMA),
+/* y 2^n, n an integer-valued lane of t - shifter (t holds n in its low
+ * mantissa bits), for lanes x >= lo, and 0 below (-inf included): 2^n is
+ * built from t's bits. (The AVX-512 build scales with vscalef instead, one
+ * instruction for the three; the products are the same.) */
+#define KD_DEFINE_EXP_SCALE(NAME, V, I, U, LO, SHIFT, BIAS)                      \
+    KD_VINLINE V NAME(V x, V y, V t, V n)                                        \
+    {                                                                            \
+        (void)n;                                                                 \
+        const I under = x < (V){0} + (LO);                                       \
+        const U bits = ((U)t << SHIFT) + (BIAS);                                 \
+        return (V)((I)(y * (V)bits) & ~under);                                   \
+    }
+#define KD_EXPF_SCALE_BIAS ((127u - 0x4B400000u) << 23)
+#define KD_EXPD_SCALE_BIAS ((1023ull - 0x4338000000000000ull) << 52)
+KD_DEFINE_EXP_SCALE(kd_exp_scale_v8f, kd_v8f, kd_v8i, kd_v8u, KD_EXPF_LO, 23, KD_EXPF_SCALE_BIAS)
+KD_DEFINE_EXP_SCALE(kd_exp_scale_v4d, kd_v4d, kd_v4l, kd_v4ul, KD_EXPD_LO, 52,
+                    KD_EXPD_SCALE_BIAS)
+
+/* kd_exp_f32 on float lanes V (multiply-add FMA, scaling SCALE as above),
  * for x <= 0 (or NaN): every vector exp in the kernels is of
  * (x - row max) / t, so the scalar function's overflow clamp is left out,
  * and so is its underflow clamp: lanes below KD_EXPF_LO compute garbage
- * (never a subnormal: 2^n's bits are whole exponents) that the last mask
- * turns into 0 (-inf included). Multiply-adds are fused in the AVX2 and
- * AVX-512 builds. */
-#define KD_DEFINE_EXPF(NAME, V, I, U, FMA)                                       \
+ * that SCALE turns into 0 (-inf included). Multiply-adds are fused in the
+ * AVX2 and AVX-512 builds. */
+#define KD_DEFINE_EXPF(NAME, V, FMA, SCALE)                                      \
     KD_VINLINE V NAME(V x)                                                       \
     {                                                                            \
         const V zero = {0};                                                      \
-        const I under = x < zero + KD_EXPF_LO;                                   \
         const V shifter = zero + KD_SHIFTER_F;                                   \
         V t = FMA(x, zero + 1.44269504088896341f, shifter);                      \
         V n = t - shifter;                                                       \
@@ -342,17 +359,14 @@ KD_VINLINE void kd_acc_mul_v4d(kd_v4d *acc, kd_v4d x, kd_v4d y) { *acc += x * y;
         q = FMA(q, r, zero + KD_EXPF_Q1);                                        \
         q = FMA(q, r, zero + KD_EXPF_Q0);                                        \
         V y = FMA(q, r * r, r) + 1.0f;                                           \
-        const U bits = ((U)t << 23) + ((127u - 0x4B400000u) << 23);              \
-        y = y * (V)bits;                                                         \
-        return (V)((I)y & ~under);                                               \
+        return SCALE(x, y, t, n);                                                \
     }
 
 /* kd_exp_f64 on double lanes, for x <= 0 (or NaN), as KD_DEFINE_EXPF */
-#define KD_DEFINE_EXPD(NAME, V, I, U, FMA)                                       \
+#define KD_DEFINE_EXPD(NAME, V, FMA, SCALE)                                      \
     KD_VINLINE V NAME(V x)                                                       \
     {                                                                            \
         const V zero = {0};                                                      \
-        const I under = x < zero - 708.3964185322641;                            \
         const V shifter = zero + 6755399441055744.0; /* 1.5 * 2^52 */            \
         V t = FMA(x, zero + 1.4426950408889634074, shifter);                     \
         V n = t - shifter;                                                       \
@@ -371,13 +385,11 @@ KD_VINLINE void kd_acc_mul_v4d(kd_v4d *acc, kd_v4d x, kd_v4d y) { *acc += x * y;
         p = FMA(p, r, zero + 1.0 / 6.0);                                         \
         p = FMA(p, r, zero + 0.5);                                               \
         V y = FMA(p, r * r, r) + 1.0;                                            \
-        const U bits = ((U)t << 52) + ((1023ull - 0x4338000000000000ull) << 52); \
-        y = y * (V)bits;                                                         \
-        return (V)((I)y & ~under);                                               \
+        return SCALE(x, y, t, n);                                                \
     }
 
-KD_DEFINE_EXPF(kd_exp_v8f, kd_v8f, kd_v8i, kd_v8u, kd_fma_v8f)
-KD_DEFINE_EXPD(kd_exp_v4d, kd_v4d, kd_v4l, kd_v4ul, kd_fma_v4d)
+KD_DEFINE_EXPF(kd_exp_v8f, kd_v8f, kd_fma_v8f, kd_exp_scale_v8f)
+KD_DEFINE_EXPD(kd_exp_v4d, kd_v4d, kd_fma_v4d, kd_exp_scale_v4d)
 
 /* log(x) for x > 0, four double lanes: x = m 2^e, m in [sqrt(1/2), sqrt(2)), and
  * log m = 2 atanh(s), s = (m - 1)/(m + 1), |s| <= 0.1716, by its series to
@@ -459,8 +471,21 @@ KD_VINLINE kd_v8d kd_fma_v8d(kd_v8d a, kd_v8d b, kd_v8d c)
 {
     return (kd_v8d)_mm512_fmadd_pd((__m512d)a, (__m512d)b, (__m512d)c);
 }
-KD_DEFINE_EXPF(kd_exp_v16f, kd_v16f, kd_v16i, kd_v16u, kd_fma_v16f)
-KD_DEFINE_EXPD(kd_exp_v8d, kd_v8d, kd_v8l, kd_v8ul, kd_fma_v8d)
+/* y 2^n for x >= lo, else 0, by vscalef (exact here as the product is) */
+KD_VINLINE kd_v16f kd_exp_scale_v16f(kd_v16f x, kd_v16f y, kd_v16f t, kd_v16f n)
+{
+    (void)t;
+    const __mmask16 keep = _mm512_cmp_ps_mask((__m512)x, _mm512_set1_ps(KD_EXPF_LO), _CMP_NLT_UQ);
+    return (kd_v16f)_mm512_maskz_scalef_ps(keep, (__m512)y, (__m512)n);
+}
+KD_VINLINE kd_v8d kd_exp_scale_v8d(kd_v8d x, kd_v8d y, kd_v8d t, kd_v8d n)
+{
+    (void)t;
+    const __mmask8 keep = _mm512_cmp_pd_mask((__m512d)x, _mm512_set1_pd(KD_EXPD_LO), _CMP_NLT_UQ);
+    return (kd_v8d)_mm512_maskz_scalef_pd(keep, (__m512d)y, (__m512d)n);
+}
+KD_DEFINE_EXPF(kd_exp_v16f, kd_v16f, kd_fma_v16f, kd_exp_scale_v16f)
+KD_DEFINE_EXPD(kd_exp_v8d, kd_v8d, kd_fma_v8d, kd_exp_scale_v8d)
 
 /* tails: masked loads and stores (no fault beyond the row) */
 KD_VINLINE kd_v16f kd_load_tail_v16f(const float *x, int64_t n, float pad)
