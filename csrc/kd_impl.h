@@ -40,11 +40,9 @@ static inline const FT *NAME(next_row)(const FT *x, int64_t stride, int64_t i,
     return i + 1 < n_rows && fits ? x + stride : NULL;
 }
 
-#define KD_PREFETCH(next, j)                                                     \
-    do {                                                                         \
-        if (next)                                                                \
-            __builtin_prefetch((next) + (j));                                    \
-    } while (0)
+/* Prefetch column j of the next row, or with next NULL of the row x being
+ * read (a no-op): the choice is made once per loop, not a branch per step. */
+#define KD_PREFETCH(next, x, j) __builtin_prefetch(((next) ? (next) : (x)) + (j))
 
 /* The last C % VL entries as one vector, the other lanes `pad`: with pad =
  * -inf they add exp(-inf) = 0 to a sum, so the lanes' sums, and the bits of
@@ -95,7 +93,7 @@ static double NAME(row_sumexp_store)(const FT *x, int64_t C, FT m, FT inv_t, FT 
     ACC acc = {0};
     int64_t j = 0;
     for (; j + VL <= C; j += VL) {
-        KD_PREFETCH(next, j);
+        KD_PREFETCH(next, x, j);
         VEC ej = VEXP((VLOAD(x + j) - m) * inv_t);
         ACC_ADD(&acc, ej);
         if (e)
@@ -150,8 +148,8 @@ NAME(row_kl_sums_as)(const int rev, const FT *z, const FT *v, int64_t C, FT mz, 
     VEC eS, eT;
     int64_t j = 0;
     for (; j + VL <= C; j += VL) {
-        KD_PREFETCH(nz, j);
-        KD_PREFETCH(nv, j);
+        KD_PREFETCH(nz, z, j);
+        KD_PREFETCH(nv, v, j);
         NAME(kl_sums_step)(rev, VLOAD(z + j), VLOAD(v + j), mz, mv, inv_s, inv_t, &accS,
                            &accT, &accA, &accR, &eS, &eT);
         if (cS)
@@ -412,8 +410,8 @@ static void NAME(row_atkd_sums)(const FT *z, const FT *v, int64_t C, FT mz, FT m
     kd_v4d a = {0}, b = {0}, b0 = {0};
     for (int64_t j = 0; j < C; j += VL) {
         const int full = j + VL <= C;
-        KD_PREFETCH(nz, j);
-        KD_PREFETCH(nv, j);
+        KD_PREFETCH(nz, z, j);
+        KD_PREFETCH(nv, v, j);
         VEC zz = full ? VLOAD(z + j) : NAME(load_tail)(z + j, C - j, -INFINITY);
         VEC vv = full ? VLOAD(v + j) : NAME(load_tail)(v + j, C - j, -INFINITY);
         VEC eS, eT;
@@ -1054,7 +1052,7 @@ int NAME(kd_row_stats)(int64_t n_rows, int64_t n_cols, const FT *x, int64_t x_st
         const FT *next = NAME(next_row)(xi, x_stride, i, n_rows, C, 1);
         int64_t j = 0;
         for (; j + VL <= C; j += VL) {
-            KD_PREFETCH(next, j);
+            KD_PREFETCH(next, xi, j);
             VEC b = (VLOAD(xi + j) - m) * inv_t, e = VEXP(b);
             ACC_ADD(&accS, e);
             ACC_MUL(&accH, e, VSEL(e > zero, b, zero));
@@ -1107,8 +1105,8 @@ static void NAME(row_profile)(const FT *z, const FT *v, int64_t C, FT mz, FT mv,
     int64_t j = 0;
     for (; j < C; j += VL) {
         const int full = j + VL <= C;
-        KD_PREFETCH(nz, j);
-        KD_PREFETCH(nv, j);
+        KD_PREFETCH(nz, z, j);
+        KD_PREFETCH(nv, v, j);
         VEC zz = full ? VLOAD(z + j) : NAME(load_tail)(z + j, C - j, -INFINITY);
         VEC vv = full ? VLOAD(v + j) : NAME(load_tail)(v + j, C - j, -INFINITY);
         VEC b = (zz - mz) * inv, a = (vv - mv) * inv;
