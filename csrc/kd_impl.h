@@ -399,11 +399,12 @@ static void NAME(row_mean_std)(const FT *x, int64_t C, int ddof, double shift,
  * mT sum pS (z - mean) - sum_F pT (z - mean), the same value since
  * sum pS = 1, so that large logits do not cancel; mT = 1 unless the teacher
  * has mass where z is -inf (an infinite KL), and P stays shift invariant
- * there too. */
+ * there too. With cS (cT) not NULL the exps are kept there for the gradient
+ * pass, as row_kl_sums does (cS is not z: that pass reads z again). */
 static void NAME(row_atkd_sums)(const FT *z, const FT *v, int64_t C, FT mz, FT mv,
                                 FT inv_s, FT inv_t, double mean, double *sS_out,
-                                double *sT_out, double *A_out, double *P_out,
-                                const FT *nz, const FT *nv)
+                                double *sT_out, double *A_out, double *P_out, FT *cS,
+                                FT *cT, const FT *nz, const FT *nv)
 {
     const kd_v4d zero = {0}, ninf = zero - INFINITY;
     ACC accS = {0}, accT = {0}, accA = {0};
@@ -417,6 +418,18 @@ static void NAME(row_atkd_sums)(const FT *z, const FT *v, int64_t C, FT mz, FT m
         VEC eS, eT;
         NAME(kl_sums_step)(0, zz, vv, mz, mv, inv_s, inv_t, &accS, &accT, &accA, NULL, &eS,
                            &eT);
+        if (cS) {
+            if (full)
+                VSTORE(cS + j, eS);
+            else
+                NAME(store_tail)(cS + j, C - j, eS);
+        }
+        if (cT) {
+            if (full)
+                VSTORE(cT + j, eT);
+            else
+                NAME(store_tail)(cT + j, C - j, eT);
+        }
         for (int h = 0; h < VPARTS; h++) {
             kd_v4d zd = VPART(zz, h), eSd = VPART(eS, h), eTd = VPART(eT, h);
             kd_v4l fin = zd > ninf;
@@ -572,9 +585,8 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
     }
 
     /* Forward KL keeps exps from the sums pass for the gradient pass: rows
-     * that fit in cache keep both (in g and a per-thread row: two exps per
-     * logit instead of four), longer rows the student's in g only (three):
-     * a second row buffer would no longer stay in cache. */
+     * up to KD_CACHE_COLS keep both (in g and a per-thread row: two exps per
+     * logit instead of four), longer rows the student's in g only (three). */
     const int kl_plain = grad && use_kd && p->divergence == KD_DIV_KL &&
                          !(p->adaptive && !p->detach_temperature);
     const int cache_exps = kl_plain && C <= KD_CACHE_COLS;
@@ -584,6 +596,10 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
      * instead of six. Not in place: those passes also read z. */
     const int cache_div = grad && use_kd && !dkd && p->divergence != KD_DIV_KL && !prepass &&
                           C <= KD_CACHE_COLS;
+    /* ATKD with the gradient through tS keeps them as forward KL does (both,
+     * or the student's in g); not in place: its gradient pass reads z for
+     * the term through tS. */
+    const int atkd_keep = grad && use_kd && p->adaptive && !p->detach_temperature && !prepass;
     /* reverse and symmetric KL take D and Q from the sums pass, no pass of
      * their own */
     const int rev_closed_div = p->divergence == KD_DIV_REVERSE_KL ||
@@ -592,7 +608,9 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
 #pragma omp parallel num_threads(n_threads) if (par)
     {
     /* without it (out of memory) the thread recomputes its exps */
-    FT *scratch = cache_exps || cache_div ? (FT *)malloc(sizeof(FT) * (size_t)C) : NULL;
+    FT *scratch = cache_exps || cache_div || (atkd_keep && C <= KD_CACHE_COLS)
+                      ? (FT *)malloc(sizeof(FT) * (size_t)C)
+                      : NULL;
     /* and the divergences with a pass of their own keep their terms h_j */
     double *hcache = cache_div && !rev_closed_div
                          ? (double *)malloc(sizeof(double) * (size_t)(C + VL))
@@ -684,11 +702,14 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
         NAME(kd_nt) nt = {0, 0, 0, 0, 0};
         double pSy = 0, pTy = 0; /* dkd: target probabilities */
         const int rev_closed = use_kd && !atkd_grad && rev_closed_div;
+        const int atkd_cs = atkd_grad && atkd_keep; /* exp(b) kept in g */
+        const int atkd_ct = atkd_cs && C <= KD_CACHE_COLS && scratch; /* exp(a) in scratch */
         if (use_kd) {
             double A, R = 0;
             if (atkd_grad)
                 NAME(row_atkd_sums)(z, v, C, mz, mv, inv_s, inv_t, mean_z, &sS, &sT, &A,
-                                    &P_atkd, nz, nv);
+                                    &P_atkd, atkd_cs ? g : NULL, atkd_ct ? scratch : NULL,
+                                    nz, nv);
             else if (rev_closed)
                 NAME(row_kl_rev_sums)(z, v, C, mz, mv, inv_s, inv_t, &sS, &sT, &A, &R,
                                       div_cached ? g : NULL, div_cached ? scratch : NULL,
@@ -817,15 +838,18 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
                 }
                 j0 = C;
             } else {
-                /* recomputed exps; the CE softmax at T = 1 when tS != 1; ATKD's
-                 * term through tS in double (cB ~ 1/std overflows float for
-                 * tiny stds) */
+                /* recomputed exps (ATKD's kept ones where it kept them); the
+                 * CE softmax at T = 1 when tS != 1; ATKD's term through tS in
+                 * double (cB ~ 1/std overflows float for tiny stds) */
                 const kd_v4d zero4 = {0}, ninf4 = zero4 - INFINITY;
                 for (; j0 < C; j0 += VL) {
                     const int full = j0 + VL <= C;
                     VEC zz = full ? VLOAD(z + j0) : NAME(load_tail)(z + j0, C - j0, -INFINITY);
                     VEC vv = full ? VLOAD(v + j0) : NAME(load_tail)(v + j0, C - j0, -INFINITY);
-                    VEC gj = cSC * VEXP((zz - mz) * inv_s) - cT * VEXP((vv - mv) * inv_t);
+                    VEC eS = NAME(cached_exp)(atkd_cs ? g : NULL, j0, C, (zz - mz) * inv_s);
+                    VEC eT = NAME(cached_exp)(atkd_ct ? scratch : NULL, j0, C,
+                                              (vv - mv) * inv_t);
+                    VEC gj = cSC * eS - cT * eT;
                     if (ce_own_exp)
                         gj += cC * VEXP(zz - mz);
                     if (use_ce)
