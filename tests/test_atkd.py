@@ -194,10 +194,14 @@ def test_detach_changes_the_gradient(request):
     assert np.abs(full.grad - det.grad).max() > 1e-3 * np.abs(full.grad).max()
 
 
+@pytest.mark.parametrize("shape", [(3, 100003), (2, 262147)], ids=["100003", "262147"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_vocabulary_sized_rows(request, dtype):
+def test_vocabulary_sized_rows(request, dtype, shape):
+    """Rows that keep their exps between the passes (100003 classes) and rows
+    too long for the row buffers (262147 > KD_CACHE_COLS), which recompute the
+    teacher's."""
     rng = _rng(request)
-    z, v = _logits(rng, (3, 100003), dtype), _logits(rng, (3, 100003), dtype, spread=4.0)
+    z, v = _logits(rng, shape, dtype), _logits(rng, shape, dtype, spread=4.0)
     compare(z, v, ddof=1, scale="T2", base_temperature=2.0)
 
 
