@@ -57,6 +57,17 @@ static inline __attribute__((always_inline)) void NAME(store_tail)(FT *x, int64_
     VSTORETAIL(x, n, v);
 }
 
+/* v to the VL elements of x from column j, or to the C - j left there: the
+ * store of a row loop's step, its tail included */
+static inline __attribute__((always_inline)) void NAME(store_at)(FT *x, int64_t j, int64_t C,
+                                                                 VEC v)
+{
+    if (j + VL <= C)
+        VSTORE(x + j, v);
+    else
+        NAME(store_tail)(x + j, C - j, v);
+}
+
 /* Max of a row, and whether it holds NaN or +inf. Two vectors of lanes per
  * step (the max's latency, not its throughput, bounds one); the order is
  * fixed, so the result is the same whatever the thread count, and the same
@@ -299,10 +310,7 @@ NAME(row_div_grad_as)(const int div, const FT *z, const FT *v, int64_t C, FT mz,
             gp[q] = coef * (h - pS * Q) + VPART(ce, q);
         }
         VEC gj = VJOIN(gp);
-        if (full)
-            VSTORE(g + j, gj);
-        else
-            NAME(store_tail)(g + j, C - j, gj);
+        NAME(store_at)(g, j, C, gj);
     }
 }
 
@@ -350,10 +358,7 @@ static void NAME(row_h_grad)(const FT *z, int64_t C, FT mz, double sS, double co
             gp[q] = coef * (kd_load_v4d(hc + j + 4 * q) - pS * Q) + VPART(ce, q);
         }
         VEC gj = VJOIN(gp);
-        if (full)
-            VSTORE(g + j, gj);
-        else
-            NAME(store_tail)(g + j, C - j, gj);
+        NAME(store_at)(g, j, C, gj);
     }
 }
 
@@ -418,18 +423,10 @@ static void NAME(row_atkd_sums)(const FT *z, const FT *v, int64_t C, FT mz, FT m
         VEC eS, eT;
         NAME(kl_sums_step)(0, zz, vv, mz, mv, inv_s, inv_t, &accS, &accT, &accA, NULL, &eS,
                            &eT);
-        if (cS) {
-            if (full)
-                VSTORE(cS + j, eS);
-            else
-                NAME(store_tail)(cS + j, C - j, eS);
-        }
-        if (cT) {
-            if (full)
-                VSTORE(cT + j, eT);
-            else
-                NAME(store_tail)(cT + j, C - j, eT);
-        }
+        if (cS)
+            NAME(store_at)(cS, j, C, eS);
+        if (cT)
+            NAME(store_at)(cT, j, C, eT);
         for (int h = 0; h < VPARTS; h++) {
             kd_v4d zd = VPART(zz, h), eSd = VPART(eS, h), eTd = VPART(eT, h);
             kd_v4l fin = zd > ninf;
@@ -596,10 +593,11 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
      * instead of six. Not in place: those passes also read z. */
     const int cache_div = grad && use_kd && !dkd && p->divergence != KD_DIV_KL && !prepass &&
                           C <= KD_CACHE_COLS;
-    /* ATKD with the gradient through tS keeps them as forward KL does (both,
-     * or the student's in g); not in place: its gradient pass reads z for
-     * the term through tS. */
+    /* ATKD with the gradient through tS keeps them as forward KL does (the
+     * student's in g, the teacher's too up to KD_CACHE_COLS); not in place:
+     * its gradient pass reads z for the term through tS. */
     const int atkd_keep = grad && use_kd && p->adaptive && !p->detach_temperature && !prepass;
+    const int atkd_keep_t = atkd_keep && C <= KD_CACHE_COLS;
     /* reverse and symmetric KL take D and Q from the sums pass, no pass of
      * their own */
     const int rev_closed_div = p->divergence == KD_DIV_REVERSE_KL ||
@@ -608,9 +606,8 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
 #pragma omp parallel num_threads(n_threads) if (par)
     {
     /* without it (out of memory) the thread recomputes its exps */
-    FT *scratch = cache_exps || cache_div || (atkd_keep && C <= KD_CACHE_COLS)
-                      ? (FT *)malloc(sizeof(FT) * (size_t)C)
-                      : NULL;
+    FT *scratch = cache_exps || cache_div || atkd_keep_t ? (FT *)malloc(sizeof(FT) * (size_t)C)
+                                                         : NULL;
     /* and the divergences with a pass of their own keep their terms h_j */
     double *hcache = cache_div && !rev_closed_div
                          ? (double *)malloc(sizeof(double) * (size_t)(C + VL))
@@ -703,7 +700,7 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
         double pSy = 0, pTy = 0; /* dkd: target probabilities */
         const int rev_closed = use_kd && !atkd_grad && rev_closed_div;
         const int atkd_cs = atkd_grad && atkd_keep; /* exp(b) kept in g */
-        const int atkd_ct = atkd_cs && C <= KD_CACHE_COLS && scratch; /* exp(a) in scratch */
+        const int atkd_ct = atkd_cs && atkd_keep_t && scratch; /* exp(a) in scratch */
         if (use_kd) {
             double A, R = 0;
             if (atkd_grad)
@@ -794,10 +791,7 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
                     const int full = j + VL <= C;
                     VEC zz = full ? VLOAD(z + j) : NAME(load_tail)(z + j, C - j, -INFINITY);
                     VEC gj = cC * VEXP(zz - mz) - c_eps;
-                    if (full)
-                        VSTORE(g + j, gj);
-                    else
-                        NAME(store_tail)(g + j, C - j, gj);
+                    NAME(store_at)(g, j, C, gj);
                 }
             } else {
                 memset(g, 0, sizeof(FT) * (size_t)C);
@@ -831,10 +825,7 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
                     VEC vv = full ? VLOAD(v + j0) : NAME(load_tail)(v + j0, C - j0, -INFINITY);
                     VEC ge = full ? VLOAD(g + j0) : NAME(load_tail)(g + j0, C - j0, 0);
                     VEC gj = cSC * ge - cT * VEXP((vv - mv) * inv_t) - ce_shift;
-                    if (full)
-                        VSTORE(g + j0, gj);
-                    else
-                        NAME(store_tail)(g + j0, C - j0, gj);
+                    NAME(store_at)(g, j0, C, gj);
                 }
                 j0 = C;
             } else {
@@ -863,10 +854,7 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
                         }
                         gj = VJOIN(gp);
                     }
-                    if (full)
-                        VSTORE(g + j0, gj);
-                    else
-                        NAME(store_tail)(g + j0, C - j0, gj);
+                    NAME(store_at)(g, j0, C, gj);
                 }
             }
         } else if (dkd) {
@@ -896,10 +884,7 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
                 }
                 if (use_ce)
                     gj += cC * VEXP(zz - mz) - c_eps;
-                if (full)
-                    VSTORE(g + j, gj);
-                else
-                    NAME(store_tail)(g + j, C - j, gj);
+                NAME(store_at)(g, j, C, gj);
             }
             /* the target column is not in the non-target sums */
             g[y] = gy + (use_ce ? cC * EXP(zy - mz) - c_eps : (FT)0);
