@@ -3,7 +3,8 @@
  * Pure C11, no Python objects. Every array is a 2-D block of rows with
  * contiguous columns; strides are in elements. Formulas: shared/spec/kd.md.
  * Each function exists as _f32 (float) and _f64 (double); row sums are
- * accumulated in double for both.
+ * accumulated in double for both (the float KL-type sums in blocks of four
+ * float terms: kd_impl.h, rsum).
  */
 #ifndef KDTEMP_KD_H
 #define KDTEMP_KD_H

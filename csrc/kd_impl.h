@@ -6,7 +6,8 @@
  *   VEC, VINT      VL-lane FT vector and its comparison-mask type
  *   VL             lanes per vector (8 float, 4 double; 16 and 8 in avx512)
  *   VPARTS, VPART, VJOIN  the four-double parts of a vector, and back
- *   VLOAD, VSTORE, VSEL, VMAX, VEXP  vector load, store, select, max, exp
+ *   VLOAD, VSTORE, VSEL, VMAX, VEXP, VFMA  vector load, store, select, max, exp,
+ *                  multiply-add (fused in the AVX2 and AVX-512 builds)
  *   VHMAX, VANY    largest lane of a running max; any lane of a mask set
  *   VLOADTAIL, VSTORETAIL  the first n < VL elements
  *   ACC, ACC_ADD, ACC_MUL, ACC_SUM  double accumulators of VL lanes
@@ -41,8 +42,11 @@ static inline const FT *NAME(next_row)(const FT *x, int64_t stride, int64_t i,
 }
 
 /* Prefetch column j of the next row, or with next NULL of the row x being
- * read (a no-op): the choice is made once per loop, not a branch per step. */
+ * read (a no-op): the choice is made once per loop, not a branch per step.
+ * KD_PREFETCHW asks for the line to write: the next gradient row, whose
+ * stores would otherwise each wait for their line to come from memory. */
 #define KD_PREFETCH(next, x, j) __builtin_prefetch(((next) ? (next) : (x)) + (j))
+#define KD_PREFETCHW(next, x, j) __builtin_prefetch(((next) ? (next) : (x)) + (j), 1)
 
 /* The last C % VL entries as one vector, the other lanes `pad`: with pad =
  * -inf they add exp(-inf) = 0 to a sum, so the lanes' sums, and the bits of
@@ -95,16 +99,64 @@ static FT NAME(row_max)(const FT *x, int64_t C, int *nonfinite)
     return mx;
 }
 
-/* sum_j exp((x_j - m) * inv_t), accumulated in double; with e != NULL the
+/* A row sum of the KL-type divergences' pass, in lanes: `part` adds
+ * KD_FOLD terms in the element type before they fold into the double
+ * accumulator `sum`. For float rows the widening and the double adds cost
+ * as much as the exps they sum: folding every four made forward KL
+ * 1.14-1.3x faster at 4096 x 100 and 256 x 1000. A float partial rounds
+ * away part of a small term added next to a large one, so the loss error
+ * grows to about an ulp of the log-ratio's size per fold
+ * (tests/test_float32_accuracy.py holds it to 3). CE and softmax keep
+ * every term in double: a confident row's CE is tiny beside the 1 of its
+ * maximum and would lose its relative accuracy. Double rows fold every
+ * term, which is a plain double sum. */
+#define KD_FOLD (sizeof(FT) == sizeof(float) ? 4 : 1)
+/* A term e (a - b) of a float row reaches FLT_MAX (e <= 1, |a - b| up to
+ * FLT_MAX): four in a float partial would overflow where their double sum
+ * does not. Such partials add the terms times 1/8 and the sum is scaled back
+ * in double, both exact, so the bits are those of unscaled terms. */
+#define KD_TERM_SCALE (sizeof(FT) == sizeof(float) ? 0.125 : 1.0)
+typedef struct {
+    VEC part;
+    ACC sum;
+} NAME(rsum);
+
+static inline __attribute__((always_inline)) NAME(rsum) NAME(rsum_zero)(void)
+{
+    NAME(rsum) s;
+    memset(&s, 0, sizeof s);
+    return s;
+}
+
+static inline __attribute__((always_inline)) void NAME(rsum_fold)(NAME(rsum) *s)
+{
+    ACC_ADD(&s->sum, s->part);
+    s->part = (VEC){0};
+}
+
+static inline __attribute__((always_inline)) double NAME(rsum_total)(NAME(rsum) s)
+{
+    NAME(rsum_fold)(&s);
+    return ACC_SUM(s.sum);
+}
+
+/* the total of a partial of terms times KD_TERM_SCALE */
+static inline __attribute__((always_inline)) double NAME(rsum_total_scaled)(NAME(rsum) s)
+{
+    return NAME(rsum_total)(s) * (1.0 / KD_TERM_SCALE);
+}
+
+/* sum_j exp((x_j - m) * inv_t), each term added in double; with e != NULL the
  * exps are also stored there (e may be x: each is read before written); the
- * row `next` (NULL: none) is prefetched on the way. */
+ * rows `next` and `next_e` (NULL: none) are prefetched on the way. */
 static double NAME(row_sumexp_store)(const FT *x, int64_t C, FT m, FT inv_t, FT *e,
-                                     const FT *next)
+                                     const FT *next, const FT *next_e)
 {
     ACC acc = {0};
     int64_t j = 0;
     for (; j + VL <= C; j += VL) {
         KD_PREFETCH(next, x, j);
+        KD_PREFETCHW(next_e, x, j);
         VEC ej = VEXP((VLOAD(x + j) - m) * inv_t);
         ACC_ADD(&acc, ej);
         if (e)
@@ -122,7 +174,7 @@ static double NAME(row_sumexp_store)(const FT *x, int64_t C, FT m, FT inv_t, FT 
 /* sum_j exp((x_j - m) * inv_t), accumulated in double, prefetching next. */
 static double NAME(row_sumexp)(const FT *x, int64_t C, FT m, FT inv_t, const FT *next)
 {
-    return NAME(row_sumexp_store)(x, C, m, inv_t, NULL, next);
+    return NAME(row_sumexp_store)(x, C, m, inv_t, NULL, next, NULL);
 }
 
 /* One pass for forward KL: the two partition sums and
@@ -131,38 +183,59 @@ static double NAME(row_sumexp)(const FT *x, int64_t C, FT m, FT inv_t, const FT 
  * R = sum_j eS_j (b_j - a_j): KL(pS || pT) = R / sS - log sS + log sT. */
 static inline __attribute__((always_inline)) void
 NAME(kl_sums_step)(const int rev, VEC zz, VEC vv, FT mz, FT mv, FT inv_s, FT inv_t,
-                   ACC *accS, ACC *accT, ACC *accA, ACC *accR, VEC *eS_out, VEC *eT_out)
+                   NAME(rsum) *accS, NAME(rsum) *accT, NAME(rsum) *accA, NAME(rsum) *accR,
+                   VEC *eS_out, VEC *eT_out)
 {
     const VEC zero = {0};
+    const FT ts = (FT)KD_TERM_SCALE;
     VEC b = (zz - mz) * inv_s;
     VEC a = (vv - mv) * inv_t;
     VEC eS = VEXP(b), eT = VEXP(a);
     VEC d = VSEL(eT > zero, a - b, zero); /* 0 log 0 = 0, even where a = -inf */
-    ACC_ADD(accS, eS);
-    ACC_ADD(accT, eT);
-    ACC_MUL(accA, eT, d);
+    accS->part += eS;
+    accT->part += eT;
+    accA->part = VFMA(eT, d * ts, accA->part);
     if (rev)
-        ACC_MUL(accR, eS, VSEL(eS > zero, b - a, zero));
+        accR->part = VFMA(eS, VSEL(eS > zero, b - a, zero) * ts, accR->part);
     *eS_out = eS;
     *eT_out = eT;
 }
 
+static inline __attribute__((always_inline)) void
+NAME(kl_sums_fold)(const int rev, int *k, NAME(rsum) *accS, NAME(rsum) *accT, NAME(rsum) *accA,
+                   NAME(rsum) *accR)
+{
+    if (++*k < KD_FOLD)
+        return;
+    *k = 0;
+    NAME(rsum_fold)(accS);
+    NAME(rsum_fold)(accT);
+    NAME(rsum_fold)(accA);
+    if (rev)
+        NAME(rsum_fold)(accR);
+}
+
 /* With cS (cT) not NULL, also keep exp(b) (exp(a)) there for the gradient
- * pass (each element is read before it is written, so cS may be z); nz and
- * nv (NULL: none) are prefetched on the way. */
+ * pass (each element is read before it is written, so cS may be z); the
+ * next rows nz, nv (to read) and ng (to write), NULL: none, are prefetched
+ * on the way. */
 static inline __attribute__((always_inline)) void
 NAME(row_kl_sums_as)(const int rev, const FT *z, const FT *v, int64_t C, FT mz, FT mv,
                      FT inv_s, FT inv_t, double *sS_out, double *sT_out, double *A_out,
-                     double *R_out, FT *cS, FT *cT, const FT *nz, const FT *nv)
+                     double *R_out, FT *cS, FT *cT, const FT *nz, const FT *nv,
+                     const FT *ng)
 {
-    ACC accS = {0}, accT = {0}, accA = {0}, accR = {0};
+    NAME(rsum) accS = NAME(rsum_zero)(), accT = accS, accA = accS, accR = accS;
     VEC eS, eT;
     int64_t j = 0;
+    int k = 0;
     for (; j + VL <= C; j += VL) {
         KD_PREFETCH(nz, z, j);
         KD_PREFETCH(nv, v, j);
+        KD_PREFETCHW(ng, z, j);
         NAME(kl_sums_step)(rev, VLOAD(z + j), VLOAD(v + j), mz, mv, inv_s, inv_t, &accS,
                            &accT, &accA, &accR, &eS, &eT);
+        NAME(kl_sums_fold)(rev, &k, &accS, &accT, &accA, &accR);
         if (cS)
             VSTORE(cS + j, eS);
         if (cT)
@@ -177,36 +250,37 @@ NAME(row_kl_sums_as)(const int rev, const FT *z, const FT *v, int64_t C, FT mz, 
         if (cT)
             NAME(store_tail)(cT + j, C - j, eT);
     }
-    *sS_out = ACC_SUM(accS);
-    *sT_out = ACC_SUM(accT);
-    *A_out = ACC_SUM(accA);
+    *sS_out = NAME(rsum_total)(accS);
+    *sT_out = NAME(rsum_total)(accT);
+    *A_out = NAME(rsum_total_scaled)(accA);
     if (rev)
-        *R_out = ACC_SUM(accR);
+        *R_out = NAME(rsum_total_scaled)(accR);
 }
 
 static void NAME(row_kl_sums)(const FT *z, const FT *v, int64_t C, FT mz, FT mv,
                               FT inv_s, FT inv_t, double *sS_out,
                               double *sT_out, double *A_out, FT *cS, FT *cT,
-                              const FT *nz, const FT *nv)
+                              const FT *nz, const FT *nv, const FT *ng)
 {
     NAME(row_kl_sums_as)(0, z, v, C, mz, mv, inv_s, inv_t, sS_out, sT_out, A_out, NULL, cS,
-                         cT, nz, nv);
+                         cT, nz, nv, ng);
 }
 
 static void NAME(row_kl_rev_sums)(const FT *z, const FT *v, int64_t C, FT mz, FT mv,
                                   FT inv_s, FT inv_t, double *sS_out, double *sT_out,
                                   double *A_out, double *R_out, FT *cS, FT *cT,
-                                  const FT *nz, const FT *nv)
+                                  const FT *nz, const FT *nv, const FT *ng)
 {
     NAME(row_kl_sums_as)(1, z, v, C, mz, mv, inv_s, inv_t, sS_out, sT_out, A_out, R_out, cS,
-                         cT, nz, nv);
+                         cT, nz, nv, ng);
 }
 
 /* Row statistics of the hard-label term at temperature 1: the partition sum
  * and, for label smoothing, sum_j z_j; with e != NULL, exp(z_j - mz) is kept
  * there for the gradient. */
 static void NAME(row_ce_sums)(const FT *z, int64_t C, FT mz, int want_sum,
-                              double *s1_out, double *zsum_out, FT *e, const FT *next)
+                              double *s1_out, double *zsum_out, FT *e, const FT *next,
+                              const FT *next_e)
 {
     double zs[KD_LANES] = {0};
     if (want_sum) {
@@ -219,7 +293,7 @@ static void NAME(row_ce_sums)(const FT *z, int64_t C, FT mz, int want_sum,
     }
     *zsum_out = kd_sum_lanes(zs);
     /* last: with e == z it overwrites the logits */
-    *s1_out = NAME(row_sumexp_store)(z, C, mz, (FT)1, e, next);
+    *s1_out = NAME(row_sumexp_store)(z, C, mz, (FT)1, e, next, next_e);
 }
 
 /* exp(x) for the VL elements from column j: kept from the sums pass in c,
@@ -409,20 +483,23 @@ static void NAME(row_mean_std)(const FT *x, int64_t C, int ddof, double shift,
 static void NAME(row_atkd_sums)(const FT *z, const FT *v, int64_t C, FT mz, FT mv,
                                 FT inv_s, FT inv_t, double mean, double *sS_out,
                                 double *sT_out, double *A_out, double *P_out, FT *cS,
-                                FT *cT, const FT *nz, const FT *nv)
+                                FT *cT, const FT *nz, const FT *nv, const FT *ng)
 {
     const kd_v4d zero = {0}, ninf = zero - INFINITY;
-    ACC accS = {0}, accT = {0}, accA = {0};
+    NAME(rsum) accS = NAME(rsum_zero)(), accT = accS, accA = accS;
     kd_v4d a = {0}, b = {0}, b0 = {0};
+    int k = 0;
     for (int64_t j = 0; j < C; j += VL) {
         const int full = j + VL <= C;
         KD_PREFETCH(nz, z, j);
         KD_PREFETCH(nv, v, j);
+        KD_PREFETCHW(ng, z, j);
         VEC zz = full ? VLOAD(z + j) : NAME(load_tail)(z + j, C - j, -INFINITY);
         VEC vv = full ? VLOAD(v + j) : NAME(load_tail)(v + j, C - j, -INFINITY);
         VEC eS, eT;
         NAME(kl_sums_step)(0, zz, vv, mz, mv, inv_s, inv_t, &accS, &accT, &accA, NULL, &eS,
                            &eT);
+        NAME(kl_sums_fold)(0, &k, &accS, &accT, &accA, NULL);
         if (cS)
             NAME(store_at)(cS, j, C, eS);
         if (cT)
@@ -436,10 +513,10 @@ static void NAME(row_atkd_sums)(const FT *z, const FT *v, int64_t C, FT mz, FT m
             b0 += kd_sel_v4d(fin, eTd, zero);
         }
     }
-    const double sS = ACC_SUM(accS), sT = ACC_SUM(accT);
+    const double sS = NAME(rsum_total)(accS), sT = NAME(rsum_total)(accT);
     *sS_out = sS;
     *sT_out = sT;
-    *A_out = ACC_SUM(accA);
+    *A_out = NAME(rsum_total_scaled)(accA);
     *P_out = kd_acc_sum_v4d(b0) / sT * (kd_acc_sum_v4d(a) / sS) - kd_acc_sum_v4d(b) / sT;
 }
 
@@ -471,9 +548,9 @@ static NAME(kd_nt) NAME(row_dkd_sums)(const FT *z, const FT *v, int64_t C, int64
     if (has_s && has_t) {
         double sS1, sT1, A1;
         NAME(row_kl_sums)(z, v, y, mz, mv, inv_s, inv_t, &r.sS, &r.sT, &r.A, NULL, NULL, NULL,
-                          NULL);
+                          NULL, NULL);
         NAME(row_kl_sums)(z1, v1, C1, mz, mv, inv_s, inv_t, &sS1, &sT1, &A1, NULL, NULL, NULL,
-                          NULL);
+                          NULL, NULL);
         r.sS += sS1;
         r.sT += sT1;
         r.A += A1;
@@ -602,6 +679,15 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
      * their own */
     const int rev_closed_div = p->divergence == KD_DIV_REVERSE_KL ||
                                p->divergence == KD_DIV_SYMMETRIC_KL;
+    /* Forward KL alone takes its rows' logs after the rows, four at a time:
+     * a libm log per row costs a tenth of a 4096 x 100 call. A row leaves
+     * A / sT in row_loss, sS / sT in kl_ratio and its weight in kl_weight.
+     * Where the loss is needed in the row (ATKD's gradient through tS, KL +
+     * CE) the row takes kd_log_f64 itself: the same bits. */
+    const int kl_defer = use_kd && !use_ce && p->divergence == KD_DIV_KL &&
+                         !(grad && p->adaptive && !p->detach_temperature);
+    double *kl_ratio = kl_defer ? (double *)malloc(sizeof(double) * 2 * (size_t)n_rows) : NULL;
+    double *kl_weight = kl_ratio ? kl_ratio + n_rows : NULL;
 
 #pragma omp parallel num_threads(n_threads) if (par)
     {
@@ -617,6 +703,10 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
         FT *g = grad ? grad + i * grad_stride : NULL;
         if (!kd_row_counts(rows, i)) {
             row_loss[i] = 0.0;
+            if (kl_ratio) {
+                kl_ratio[i] = 1.0;
+                kl_weight[i] = 0.0;
+            }
             if (g)
                 memset(g, 0, sizeof(FT) * (size_t)C);
             if (student_t_out)
@@ -642,8 +732,10 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
         const FT *v_any = teacher ? teacher + i * teacher_stride : NULL;
         const FT mz = mzv[0], mv = mzv[1];
         /* the next row's logits, prefetched by this row's first exp pass */
-        const FT *nz = NAME(next_row)(z, student_stride, i, n_rows, C, use_kd ? 2 : 1);
-        const FT *nv = use_kd ? NAME(next_row)(v, teacher_stride, i, n_rows, C, 2) : NULL;
+        const int n_ahead = (use_kd ? 2 : 1) + (grad ? 1 : 0);
+        const FT *nz = NAME(next_row)(z, student_stride, i, n_rows, C, n_ahead);
+        const FT *nv = use_kd ? NAME(next_row)(v, teacher_stride, i, n_rows, C, n_ahead) : NULL;
+        const FT *ng = g ? NAME(next_row)(g, grad_stride, i, n_rows, C, n_ahead) : NULL;
         const int64_t y = needs_labels ? rows->labels[i * rows->labels_stride] : 0;
 
         /* temperatures: given, or ATKD's b (std + eps) of each row */
@@ -679,7 +771,7 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
             double zsum;
             const double zy = (double)z[y]; /* before g (maybe z) is written */
             NAME(row_ce_sums)(z, C, mz, eps != 0.0, &s1, &zsum, ce_cached ? g : NULL,
-                              use_kd ? NULL : nz);
+                              use_kd ? NULL : nz, use_kd ? NULL : ng);
             double lse1 = (double)mz + log(s1);
             ce = lse1;
             if (eps != 1.0) /* (1 - eps) z_y is 0 * -inf at eps = 1 */
@@ -706,17 +798,21 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
             if (atkd_grad)
                 NAME(row_atkd_sums)(z, v, C, mz, mv, inv_s, inv_t, mean_z, &sS, &sT, &A,
                                     &P_atkd, atkd_cs ? g : NULL, atkd_ct ? scratch : NULL,
-                                    nz, nv);
+                                    nz, nv, ng);
             else if (rev_closed)
                 NAME(row_kl_rev_sums)(z, v, C, mz, mv, inv_s, inv_t, &sS, &sT, &A, &R,
                                       div_cached ? g : NULL, div_cached ? scratch : NULL,
-                                      nz, nv);
+                                      nz, nv, ng);
             else
                 NAME(row_kl_sums)(z, v, C, mz, mv, inv_s, inv_t, &sS, &sT, &A,
                                   cached || half || div_cached ? g : NULL,
-                                  cached || div_cached ? scratch : NULL, nz, nv);
+                                  cached || div_cached ? scratch : NULL, nz, nv, ng);
             if (p->divergence == KD_DIV_KL) {
-                D = A / sT + log(sS / sT); /* one log per row */
+                D = A / sT;
+                if (kl_ratio)
+                    kl_ratio[i] = sS / sT;
+                else
+                    D += kd_log_f64(sS / sT); /* one log per row */
             } else if (dkd) {
                 /* TCKD on [p_y, 1 - p_y], NCKD over j != y; log(1 - p_y) is
                  * lse_nt - lse, free of cancellation when p_y is near 1 */
@@ -758,12 +854,19 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
                                    div_cached ? g : NULL, div_cached ? scratch : NULL,
                                    h_cached ? hcache : NULL, &D, &Q);
             }
-            D = D > 0 ? D : 0; /* every divergence is >= 0; drop rounding */
+            if (!kl_ratio)
+                D = D > 0 ? D : 0; /* every divergence is >= 0; drop rounding */
         }
 
         /* an unused term adds nothing, even where s or the temperatures of an
          * unchecked teacher are not finite */
-        row_loss[i] = (use_kd ? p->kd_weight * s * D : 0.0) + (use_ce ? p->ce_weight * ce : 0.0);
+        if (kl_ratio) {
+            row_loss[i] = D;
+            kl_weight[i] = p->kd_weight * s;
+        } else {
+            row_loss[i] = (use_kd ? p->kd_weight * s * D : 0.0) +
+                          (use_ce ? p->ce_weight * ce : 0.0);
+        }
         if (!g)
             continue;
 
@@ -897,10 +1000,26 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
         if (use_ce)
             g[y] -= (FT)(c1 * (1 - eps));
     }
+    if (kl_ratio && bad_code == KD_OK) { /* (rows after an error hold no ratio) */
+#pragma omp for schedule(static)
+        for (int64_t i0 = 0; i0 < n_rows; i0 += 4) {
+            kd_v4d r = {1.0, 1.0, 1.0, 1.0};
+            const int n4 = n_rows - i0 < 4 ? (int)(n_rows - i0) : 4;
+            for (int k = 0; k < n4; k++)
+                r[k] = kl_ratio[i0 + k];
+            const kd_v4d lr = kd_log_v4d(r);
+            for (int k = 0; k < n4; k++) {
+                double D = row_loss[i0 + k] + lr[k];
+                D = D > 0 ? D : 0;
+                row_loss[i0 + k] = kl_weight[i0 + k] * D + 0.0;
+            }
+        }
+    }
     free(scratch);
     free(hcache);
     }
     free(maxes);
+    free(kl_ratio);
     if (bad_code != KD_OK) {
         status->row = bad_row;
         return status->code = bad_code;
@@ -959,7 +1078,8 @@ int NAME(kd_softmax)(int64_t n_rows, int64_t n_cols, const FT *x, int64_t x_stri
             }
         }
         const FT inv_t = NAME(inv_temp)(t.t[i * t.stride]);
-        const FT *next = NAME(next_row)(xi, x_stride, i, n_rows, C, 1);
+        const FT *next = NAME(next_row)(xi, x_stride, i, n_rows, C, 2);
+        const FT *next_o = NAME(next_row)(o, out_stride, i, n_rows, C, 2);
         if (log_space) {
             const FT lse = (FT)log(NAME(row_sumexp)(xi, C, m, inv_t, next));
             int64_t j = 0;
@@ -969,7 +1089,8 @@ int NAME(kd_softmax)(int64_t n_rows, int64_t n_cols, const FT *x, int64_t x_stri
                 o[j] = (xi[j] - m) * inv_t - lse;
         } else {
             /* the exps of the sum pass are kept in o and scaled */
-            const FT inv_se = (FT)(1.0 / NAME(row_sumexp_store)(xi, C, m, inv_t, o, next));
+            const FT inv_se =
+                (FT)(1.0 / NAME(row_sumexp_store)(xi, C, m, inv_t, o, next, next_o));
             int64_t j = 0;
             for (; j + VL <= C; j += VL)
                 VSTORE(o + j, VLOAD(o + j) * inv_se);

@@ -35,6 +35,7 @@
 #define VHMAX kd_hmax_v16f
 #define VANY kd_any_v16i
 #define VEXP kd_exp_v16f
+#define VFMA kd_fma_v16f
 #define VPARTS 4
 #define VPART kd_part_v16f
 #define VJOIN(p) kd_join_v16f(p)
@@ -55,6 +56,7 @@
 #define VHMAX kd_hmax_v8f
 #define VANY kd_any_v8i
 #define VEXP kd_exp_v8f
+#define VFMA kd_fma_v8f
 #define VPARTS 2
 #define VPART kd_part_v8f
 #define VJOIN(p) kd_join_v8f((p)[0], (p)[1])
@@ -80,6 +82,7 @@
 #undef VHMAX
 #undef VANY
 #undef VEXP
+#undef VFMA
 #undef VPARTS
 #undef VPART
 #undef VJOIN
@@ -106,6 +109,7 @@
 #define VHMAX kd_hmax_v8d
 #define VANY kd_any_v8l
 #define VEXP kd_exp_v8d
+#define VFMA kd_fma_v8d
 #define VPARTS 2
 #define VPART kd_part_v8d
 #define VJOIN(p) kd_join_v8d(p)
@@ -126,6 +130,7 @@
 #define VHMAX kd_hmax_v4d
 #define VANY kd_any_v4l
 #define VEXP kd_exp_v4d
+#define VFMA kd_fma_v4d
 #define VPARTS 1
 #define VPART kd_part_v4d
 #define VJOIN(p) ((p)[0])
@@ -151,6 +156,7 @@
 #undef VHMAX
 #undef VANY
 #undef VEXP
+#undef VFMA
 #undef VPARTS
 #undef VPART
 #undef VJOIN

@@ -101,7 +101,7 @@ static inline double kd_exp_f64(double x)
  * eight float lanes or four double lanes, on every ISA, so the row loops are
  * SIMD whatever the auto-vectoriser decides and the lane structure (hence
  * the bits of every sum) is fixed. Row sums of float input are accumulated
- * in double. */
+ * in double (in kd_impl.h's rsum, after blocks of four float terms). */
 typedef float kd_v8f __attribute__((vector_size(32)));
 typedef int32_t kd_v8i __attribute__((vector_size(32)));
 typedef uint32_t kd_v8u __attribute__((vector_size(32)));
@@ -423,6 +423,13 @@ KD_VINLINE kd_v4d kd_log_v4d(kd_v4d x)
     kd_v4d lm = 2.0 * s + 2.0 * s * s2 * p;
     kd_v4d r = e * 6.93147180369123816490e-01 + (lm + e * 1.90821492927058770002e-10);
     return kd_sel_v4d(x > zero, r, zero - INFINITY);
+}
+
+/* log x (x > 0 finite) for one double: a kd_log_v4d lane, so that a row's
+ * log has the same bits taken alone or four rows at a time */
+static inline double kd_log_f64(double x)
+{
+    return kd_log_v4d((kd_v4d){0} + x)[0];
 }
 
 /* float lanes <-> double lanes: part i (0, 1) of eight floats as four

@@ -331,8 +331,9 @@ def kd_tolerances(dtype, student, teacher=None, *, temperature=4.0,
     """(rtol, loss_atol, grad_atol) for comparing a result against the float64 truth.
 
     float64: rtol 1e-10, atol 1e-13 * (1 + max|x/t|) (the rounding of x/t).
-    float32: rtol 1e-5, atol 1e-6. The kernels compute float32 input in float64 and
-    round the results once, so this holds even for +-1e4 logits.
+    float32: rtol 1e-5, atol 1e-6. The kernels accumulate float32 rows in float64
+    (test_float32_accuracy pins how close they come), so this holds even for +-1e4
+    logits.
     The atols are scaled by the loss weights and temperature scales, by the count for
     ``reduction="sum"`` losses and by 1/count for ``"batchmean"`` gradients.
     """
