@@ -99,6 +99,37 @@ static FT NAME(row_max)(const FT *x, int64_t C, int *nonfinite)
     return mx;
 }
 
+/* sum_j exp((x_j - m) * inv_t), accumulated in double; with e != NULL the
+ * exps are also stored there (e may be x: each is read before written); the
+ * rows `next` and `next_e` (NULL: none) are prefetched on the way. */
+static double NAME(row_sumexp_store)(const FT *x, int64_t C, FT m, FT inv_t, FT *e,
+                                     const FT *next, const FT *next_e)
+{
+    ACC acc = {0};
+    int64_t j = 0;
+    for (; j + VL <= C; j += VL) {
+        KD_PREFETCH(next, x, j);
+        KD_PREFETCHW(next_e, x, j);
+        VEC ej = VEXP((VLOAD(x + j) - m) * inv_t);
+        ACC_ADD(&acc, ej);
+        if (e)
+            VSTORE(e + j, ej);
+    }
+    if (j < C) {
+        VEC ej = VEXP((NAME(load_tail)(x + j, C - j, -INFINITY) - m) * inv_t);
+        ACC_ADD(&acc, ej);
+        if (e)
+            NAME(store_tail)(e + j, C - j, ej);
+    }
+    return ACC_SUM(acc);
+}
+
+/* sum_j exp((x_j - m) * inv_t), accumulated in double, prefetching next. */
+static double NAME(row_sumexp)(const FT *x, int64_t C, FT m, FT inv_t, const FT *next)
+{
+    return NAME(row_sumexp_store)(x, C, m, inv_t, NULL, next, NULL);
+}
+
 /* A row sum of the KL-type divergences' pass, in lanes: `part` adds
  * KD_FOLD terms in the element type before they fold into the double
  * accumulator `sum`. For float rows the widening and the double adds cost
@@ -114,7 +145,8 @@ static FT NAME(row_max)(const FT *x, int64_t C, int *nonfinite)
 /* A term e (a - b) of a float row reaches FLT_MAX (e <= 1, |a - b| up to
  * FLT_MAX): four in a float partial would overflow where their double sum
  * does not. Such partials add the terms times 1/8 and the sum is scaled back
- * in double, both exact, so the bits are those of unscaled terms. */
+ * in double, both exact above 2^-123, so the bits are those of unscaled
+ * terms but for terms too small to move the sum. */
 #define KD_TERM_SCALE (sizeof(FT) == sizeof(float) ? 0.125 : 1.0)
 typedef struct {
     VEC part;
@@ -146,37 +178,6 @@ static inline __attribute__((always_inline)) double NAME(rsum_total_scaled)(NAME
     return NAME(rsum_total)(s) * (1.0 / KD_TERM_SCALE);
 }
 
-/* sum_j exp((x_j - m) * inv_t), each term added in double; with e != NULL the
- * exps are also stored there (e may be x: each is read before written); the
- * rows `next` and `next_e` (NULL: none) are prefetched on the way. */
-static double NAME(row_sumexp_store)(const FT *x, int64_t C, FT m, FT inv_t, FT *e,
-                                     const FT *next, const FT *next_e)
-{
-    ACC acc = {0};
-    int64_t j = 0;
-    for (; j + VL <= C; j += VL) {
-        KD_PREFETCH(next, x, j);
-        KD_PREFETCHW(next_e, x, j);
-        VEC ej = VEXP((VLOAD(x + j) - m) * inv_t);
-        ACC_ADD(&acc, ej);
-        if (e)
-            VSTORE(e + j, ej);
-    }
-    if (j < C) {
-        VEC ej = VEXP((NAME(load_tail)(x + j, C - j, -INFINITY) - m) * inv_t);
-        ACC_ADD(&acc, ej);
-        if (e)
-            NAME(store_tail)(e + j, C - j, ej);
-    }
-    return ACC_SUM(acc);
-}
-
-/* sum_j exp((x_j - m) * inv_t), accumulated in double, prefetching next. */
-static double NAME(row_sumexp)(const FT *x, int64_t C, FT m, FT inv_t, const FT *next)
-{
-    return NAME(row_sumexp_store)(x, C, m, inv_t, NULL, next, NULL);
-}
-
 /* One pass for forward KL: the two partition sums and
  * A = sum_j eT_j (a_j - b_j), a = (v - mv)/tT, b = (z - mz)/tS, so that
  * KL = A / sT - log sT + log sS (no log per element); with rev, also
@@ -201,6 +202,7 @@ NAME(kl_sums_step)(const int rev, VEC zz, VEC vv, FT mz, FT mv, FT inv_s, FT inv
     *eT_out = eT;
 }
 
+/* after each step: every KD_FOLD steps the partials go into their sums */
 static inline __attribute__((always_inline)) void
 NAME(kl_sums_fold)(const int rev, int *k, NAME(rsum) *accS, NAME(rsum) *accT, NAME(rsum) *accA,
                    NAME(rsum) *accR)
@@ -661,8 +663,9 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
     /* Forward KL keeps exps from the sums pass for the gradient pass: rows
      * up to KD_CACHE_COLS keep both (in g and a per-thread row: two exps per
      * logit instead of four), longer rows the student's in g only (three). */
-    const int kl_plain = grad && use_kd && p->divergence == KD_DIV_KL &&
-                         !(p->adaptive && !p->detach_temperature);
+    /* ATKD with the gradient through the student's temperature */
+    const int atkd_through_t = p->adaptive && !p->detach_temperature;
+    const int kl_plain = grad && use_kd && p->divergence == KD_DIV_KL && !atkd_through_t;
     const int cache_exps = kl_plain && C <= KD_CACHE_COLS;
     const int cache_half = kl_plain && C > KD_CACHE_COLS;
     /* The other divergences (not DKD) read the exps in two more passes: with
@@ -673,7 +676,7 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
     /* ATKD with the gradient through tS keeps them as forward KL does (the
      * student's in g, the teacher's too up to KD_CACHE_COLS); not in place:
      * its gradient pass reads z for the term through tS. */
-    const int atkd_keep = grad && use_kd && p->adaptive && !p->detach_temperature && !prepass;
+    const int atkd_keep = grad && use_kd && atkd_through_t && !prepass;
     const int atkd_keep_t = atkd_keep && C <= KD_CACHE_COLS;
     /* reverse and symmetric KL take D and Q from the sums pass, no pass of
      * their own */
@@ -685,7 +688,7 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
      * Where the loss is needed in the row (ATKD's gradient through tS, KL +
      * CE) the row takes kd_log_f64 itself: the same bits. */
     const int kl_defer = use_kd && !use_ce && p->divergence == KD_DIV_KL &&
-                         !(grad && p->adaptive && !p->detach_temperature);
+                         !(grad && atkd_through_t);
     double *kl_ratio = kl_defer ? (double *)malloc(sizeof(double) * 2 * (size_t)n_rows) : NULL;
     double *kl_weight = kl_ratio ? kl_ratio + n_rows : NULL;
 
@@ -787,7 +790,7 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
         const int div_cached = cache_div && scratch;
         const int h_cached = div_cached && hcache;
         double sS = 1, sT = 1, D = 0, Q = 0, P_atkd = 0;
-        const int atkd_grad = g && use_kd && p->adaptive && !p->detach_temperature && std_z > 0;
+        const int atkd_grad = g && use_kd && atkd_through_t && std_z > 0;
         NAME(kd_nt) nt = {0, 0, 0, 0, 0};
         double pSy = 0, pTy = 0; /* dkd: target probabilities */
         const int rev_closed = use_kd && !atkd_grad && rev_closed_div;
