@@ -83,10 +83,10 @@ setup(
         Extension(
             "kdtemp._kdtemp",
             sources=["csrc/_kdtemp_module.c", "csrc/kd.c", "csrc/kd_avx2.c", "csrc/kd_avx512.c",
-                     "csrc/dts.c"],
+                     "csrc/dts.c", "csrc/buffer_cache.c"],
             depends=["csrc/kd.h", "csrc/kd_impl.h", "csrc/kd_math.h", "csrc/kd_common.h",
                      "csrc/kd_kernels.h", "csrc/kd_isa.h", "csrc/kd_div.h",
-                     "csrc/annealing.h", "csrc/annealing_impl.h", "csrc/dts.h"],
+                     "csrc/annealing.h", "csrc/annealing_impl.h", "csrc/dts.h", "csrc/buffer_cache.h"],
             include_dirs=[np.get_include(), "csrc"],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")],
         )

@@ -25,6 +25,7 @@
 #endif
 
 #include "annealing.h"
+#include "buffer_cache.h"
 #include "dts.h"
 #include "kd.h"
 #include "kd_isa.h"
@@ -207,12 +208,76 @@ static int parse_rows_array(PyObject *obj, const char *name, int type, npy_intp 
     return *out ? 0 : -1;
 }
 
+/* ---- returned buffers: NumPy's allocator with a cache of freed blocks ---- */
+
+static void *cache_malloc(void *ctx, size_t size)
+{
+    (void)ctx;
+    return kd_cache_malloc(size);
+}
+
+static void *cache_calloc(void *ctx, size_t nelem, size_t elsize)
+{
+    (void)ctx;
+    return kd_cache_calloc(nelem, elsize);
+}
+
+static void *cache_realloc(void *ctx, void *ptr, size_t new_size)
+{
+    (void)ctx;
+    return kd_cache_realloc(ptr, new_size);
+}
+
+static void cache_free(void *ctx, void *ptr, size_t size)
+{
+    (void)ctx;
+    kd_cache_free(ptr, size);
+}
+
+static PyDataMem_Handler cache_handler = {
+    "kdtemp_buffer_cache", 1, {NULL, cache_malloc, cache_calloc, cache_realloc, cache_free}};
+static PyObject *cache_handler_capsule = NULL;
+
+/* A new C-contiguous array. One large enough to be cached is made with
+ * kdtemp's handler (NEP 49; the array frees through it), unless the cache is
+ * off or the caller has installed a handler of their own. */
+static PyArrayObject *new_output(int nd, npy_intp *dims, int type, npy_intp itemsize)
+{
+    npy_intp nbytes = itemsize;
+    for (int i = 0; i < nd; i++)
+        nbytes *= dims[i];
+    if ((size_t)nbytes < KD_CACHE_MIN_BYTES || kd_cache_get_info().limit == 0)
+        return (PyArrayObject *)PyArray_EMPTY(nd, dims, type, 0);
+    PyObject *current = PyDataMem_GetHandler();
+    if (!current)
+        return NULL;
+    PyDataMem_Handler *h = PyCapsule_GetPointer(current, "mem_handler");
+    int is_default = h && strcmp(h->name, "default_allocator") == 0;
+    Py_DECREF(current);
+    if (!h)
+        return NULL;
+    if (!is_default)
+        return (PyArrayObject *)PyArray_EMPTY(nd, dims, type, 0);
+    PyObject *old = PyDataMem_SetHandler(cache_handler_capsule);
+    if (!old)
+        return NULL;
+    PyArrayObject *a = (PyArrayObject *)PyArray_EMPTY(nd, dims, type, 0);
+    PyObject *ours = PyDataMem_SetHandler(old);
+    Py_DECREF(old);
+    if (!ours) {
+        Py_XDECREF(a);
+        return NULL;
+    }
+    Py_DECREF(ours);
+    return a;
+}
+
 /* The gradient buffer: the caller's `out` (checked, never copied) or a new
  * C-contiguous array. */
 static PyArrayObject *grad_buffer(PyObject *out, PyArrayObject *like)
 {
     if (out == Py_None)
-        return (PyArrayObject *)PyArray_EMPTY(2, PyArray_DIMS(like), PyArray_TYPE(like), 0);
+        return new_output(2, PyArray_DIMS(like), PyArray_TYPE(like), PyArray_ITEMSIZE(like));
     if (!PyArray_Check(out)) {
         PyErr_Format(PyExc_TypeError, "`out` must be a NumPy array, got %s",
                      Py_TYPE(out)->tp_name);
@@ -328,6 +393,7 @@ static int in_forked_child = 0;
 static void on_fork_child(void)
 {
     in_forked_child = 1;
+    kd_cache_after_fork();
 }
 #endif
 
@@ -1123,6 +1189,42 @@ static PyObject *py_in_forked_child(PyObject *self, PyObject *noargs)
     return PyBool_FromLong(in_forked_child);
 }
 
+/* ---- buffer cache ---------------------------------------------------------- */
+
+static PyObject *py_set_buffer_cache(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    unsigned long long n = PyLong_AsUnsignedLongLong(arg);
+    if (n == (unsigned long long)-1 && PyErr_Occurred()) {
+        if (PyErr_ExceptionMatches(PyExc_OverflowError) || PyErr_ExceptionMatches(PyExc_TypeError)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError,
+                         "`max_bytes` must be an integer >= 0, got %R", arg);
+        }
+        return NULL;
+    }
+    size_t cap = n > (unsigned long long)SIZE_MAX ? SIZE_MAX : (size_t)n;
+    return PyLong_FromSize_t(kd_cache_set_limit(cap));
+}
+
+static PyObject *py_empty_buffer_cache(PyObject *self, PyObject *noargs)
+{
+    (void)self;
+    (void)noargs;
+    kd_cache_clear();
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_buffer_cache_info(PyObject *self, PyObject *noargs)
+{
+    (void)self;
+    (void)noargs;
+    kd_cache_info i = kd_cache_get_info();
+    return Py_BuildValue("{snsnsisnsn}", "limit", (Py_ssize_t)i.limit, "bytes",
+                         (Py_ssize_t)i.bytes, "blocks", i.blocks, "hits", (Py_ssize_t)i.hits,
+                         "misses", (Py_ssize_t)i.misses);
+}
+
 static PyObject *py_isa(PyObject *self, PyObject *noargs)
 {
     (void)self;
@@ -1162,6 +1264,12 @@ static PyMethodDef methods[] = {
      "(see kdtemp.dts.ce_pair)."},
     {"dts_update", py_dts_update, METH_VARARGS,
      "dts_update(params, temperature, epoch, teacher_ce, student_ce) -> (T, target)"},
+    {"set_buffer_cache", py_set_buffer_cache, METH_O,
+     "set_buffer_cache(max_bytes) -> previous limit (see kdtemp.set_buffer_cache)."},
+    {"empty_buffer_cache", py_empty_buffer_cache, METH_NOARGS,
+     "Free every cached output buffer (see kdtemp.empty_buffer_cache)."},
+    {"buffer_cache_info", py_buffer_cache_info, METH_NOARGS,
+     "The output-buffer cache's limit, bytes, blocks, hits and misses."},
     {"isa", py_isa, METH_NOARGS, "The kernels' instruction set: 'avx512', 'avx2' or 'baseline'."},
     {"_set_isa", py_set_isa, METH_O,
      "Force the kernels' instruction set ('baseline', 'avx2', 'avx512'), for tests."},
@@ -1195,6 +1303,11 @@ PyMODINIT_FUNC PyInit__kdtemp(void)
         atfork_registered = 1;
     }
 #endif
+    if (!cache_handler_capsule &&
+        !(cache_handler_capsule = PyCapsule_New(&cache_handler, "mem_handler", NULL))) {
+        Py_DECREF(m);
+        return NULL;
+    }
 #ifdef _OPENMP
     PyModule_AddIntConstant(m, "openmp", 1);
 #else

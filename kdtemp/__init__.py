@@ -1,5 +1,6 @@
 """kdtemp: fast, exact temperature-aware knowledge-distillation losses and
 temperature schedulers (C kernels, NumPy API, PyTorch autograd in kdtemp.torch)."""
+from kdtemp._buffer_cache import buffer_cache_info, empty_buffer_cache, set_buffer_cache
 from kdtemp._threads import get_num_threads, set_num_threads
 from kdtemp._types import ATKDResult, LossResult
 from kdtemp.annealing import annealing_loss
@@ -44,4 +45,7 @@ __all__ = [
     "cwsm_temperature",
     "set_num_threads",
     "get_num_threads",
+    "set_buffer_cache",
+    "empty_buffer_cache",
+    "buffer_cache_info",
 ]
