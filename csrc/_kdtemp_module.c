@@ -1191,20 +1191,19 @@ static PyObject *py_in_forked_child(PyObject *self, PyObject *noargs)
 
 /* ---- buffer cache ---------------------------------------------------------- */
 
+/* `max_bytes` is checked to be an int >= 0 by kdtemp.set_buffer_cache */
 static PyObject *py_set_buffer_cache(PyObject *self, PyObject *arg)
 {
     (void)self;
-    unsigned long long n = PyLong_AsUnsignedLongLong(arg);
-    if (n == (unsigned long long)-1 && PyErr_Occurred()) {
-        if (PyErr_ExceptionMatches(PyExc_OverflowError) || PyErr_ExceptionMatches(PyExc_TypeError)) {
+    size_t n = PyLong_AsSize_t(arg);
+    if (n == (size_t)-1 && PyErr_Occurred()) {
+        if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
             PyErr_Clear();
-            PyErr_Format(PyExc_ValueError,
-                         "`max_bytes` must be an integer >= 0, got %R", arg);
+            PyErr_Format(PyExc_ValueError, "`max_bytes` must be an integer >= 0, got %R", arg);
         }
         return NULL;
     }
-    size_t cap = n > (unsigned long long)SIZE_MAX ? SIZE_MAX : (size_t)n;
-    return PyLong_FromSize_t(kd_cache_set_limit(cap));
+    return PyLong_FromSize_t(kd_cache_set_limit(n));
 }
 
 static PyObject *py_empty_buffer_cache(PyObject *self, PyObject *noargs)

@@ -74,7 +74,7 @@ static void advise_hugepage(void *p, size_t size)
 static void remove_block(int i)
 {
     held -= blocks[i].cap;
-    for (int k = i + 1; k < n_blocks; k++)
+    for (int k = i + 1; k < n_blocks && k < KD_CACHE_MAX_BLOCKS; k++)
         blocks[k - 1] = blocks[k];
     n_blocks--;
 }
@@ -123,6 +123,25 @@ void *kd_cache_realloc(void *ptr, size_t new_size)
     return realloc(ptr, cap ? cap : 1);
 }
 
+/* Under the lock: takes out the least recently freed blocks until `slots`
+ * more blocks and `room` more bytes fit, into `out` (freed by the caller after
+ * unlocking: unmapping hundreds of MiB takes a while); returns their count. */
+static int evict_for(int slots, size_t room, void **out)
+{
+    int n = 0;
+    while (n_blocks > 0 && (n_blocks + slots > KD_CACHE_MAX_BLOCKS || held + room > limit)) {
+        out[n++] = blocks[0].ptr;
+        remove_block(0);
+    }
+    return n;
+}
+
+static void free_all(void **ptrs, int n)
+{
+    for (int i = 0; i < n; i++)
+        free(ptrs[i]);
+}
+
 void kd_cache_free(void *ptr, size_t size)
 {
     if (!ptr)
@@ -134,44 +153,37 @@ void kd_cache_free(void *ptr, size_t size)
     if (cap < KD_CACHE_MIN_BYTES || cap > limit) {
         evicted[n_evicted++] = ptr;
     } else {
-        while (n_blocks > 0 && (n_blocks == KD_CACHE_MAX_BLOCKS || held + cap > limit)) {
-            evicted[n_evicted++] = blocks[0].ptr;
-            remove_block(0);
-        }
+        n_evicted = evict_for(1, cap, evicted);
         blocks[n_blocks].ptr = ptr;
         blocks[n_blocks].cap = cap;
         n_blocks++;
         held += cap;
     }
     unlock();
-    /* unmapping hundreds of MiB takes a while: not under the lock */
-    for (int i = 0; i < n_evicted; i++)
-        free(evicted[i]);
+    free_all(evicted, n_evicted);
 }
 
 size_t kd_cache_set_limit(size_t new_limit)
 {
     void *evicted[KD_CACHE_MAX_BLOCKS];
-    int n_evicted = 0;
     if (new_limit > KD_CACHE_MAX_LIMIT)
         new_limit = KD_CACHE_MAX_LIMIT;
     lock();
     size_t old = limit;
     limit = new_limit;
-    while (n_blocks > 0 && held > limit) {
-        evicted[n_evicted++] = blocks[0].ptr;
-        remove_block(0);
-    }
+    int n_evicted = evict_for(0, 0, evicted);
     unlock();
-    for (int i = 0; i < n_evicted; i++)
-        free(evicted[i]);
+    free_all(evicted, n_evicted);
     return old;
 }
 
 void kd_cache_clear(void)
 {
-    size_t old = kd_cache_set_limit(0);
-    kd_cache_set_limit(old);
+    void *evicted[KD_CACHE_MAX_BLOCKS];
+    lock();
+    int n_evicted = evict_for(KD_CACHE_MAX_BLOCKS + 1, 0, evicted);
+    unlock();
+    free_all(evicted, n_evicted);
 }
 
 kd_cache_info kd_cache_get_info(void)

@@ -14,14 +14,9 @@ import numpy as np
 import pytest
 
 import kdtemp
-from test_zero_copy import OPS
+from test_zero_copy import OPS, _logits, op_names
 
 MiB = 1 << 20
-op_names = pytest.mark.parametrize("op", sorted(OPS))
-
-
-def _logits(shape, seed):
-    return np.random.default_rng(seed).normal(0.0, 3.0, size=shape).astype(np.float32)
 
 
 def _owner(a):
