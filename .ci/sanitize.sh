@@ -61,7 +61,10 @@ git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf - | t
 (cd "$SRC" && KDTEMP_SANITIZE=1 KDTEMP_FAIL_NO_OPENMP=1 \
     "$PYTHON" setup.py -q build_ext --inplace -j 2 2>&1 | grep -v -i -E "deprecat|^\s*\*+|^$" || true)
 SO=$(ls "$SRC"/kdtemp/_kdtemp*.so)
-ldd "$SO" | grep -q libasan || { echo "$SO is not linked with ASan" >&2; exit 1; }
+# grep reads all of ldd's output: with -q it would stop at the match, and ldd
+# (the loader writes a line at a time) could die of SIGPIPE, failing the
+# pipeline under pipefail (it did in 4 of 100 tries on a busy 2-core VM)
+ldd "$SO" | grep libasan >/dev/null || { echo "$SO is not linked with ASan" >&2; exit 1; }
 
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:detect_odr_violation=0:alloc_dealloc_mismatch=0:new_delete_type_mismatch=0:handle_segv=1:print_summary=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:report_error_type=1"
