@@ -99,11 +99,13 @@ int kd_set_isa(const char *name)
 #if KD_HAVE_AVX2_BUILD
 #define KD_PICK(fn) (kd_isa() == 2 ? fn##_avx512 : kd_isa() == 1 ? fn##_avx2 : fn##_base)
 
-/* JSD and the skew KLs spend their time in double-lane logs and divisions.
- * On Intel cores the AVX-512 build runs those 1.2-1.3x slower than the AVX2
- * one (a 2-core Xeon VM, 256x32000 float32), on AMD's (Zen 4, which splits
- * a 512-bit operation into two 256-bit halves) 1.1x faster (a 2-core EPYC
- * VM, 512x32000): on any CPU but AMD's they keep the AVX2 build. */
+/* JSD and the skew KLs of double rows spend their time in double-lane logs
+ * and divisions. On Intel cores the AVX-512 build runs those 1.2-1.3x slower
+ * than the AVX2 one (a 2-core Xeon VM, 256x32000), on AMD's (Zen 4, which
+ * splits a 512-bit operation into two 256-bit halves) 1.1x faster (a 2-core
+ * EPYC VM, 512x32000): on any CPU but AMD's they keep the AVX2 build. Float
+ * rows take their terms in float lanes (kd_impl.h, lane_terms), where the
+ * AVX-512 build is the faster one everywhere. */
 static int kd_logs_avx2_choice = -1;
 
 static int kd_logs_avx2(void)
@@ -117,8 +119,8 @@ static int kd_logs_avx2(void)
     return c;
 }
 
-#define KD_PICK_FORWARD(fn, params)                                              \
-    (kd_isa() == 2 &&                                                            \
+#define KD_PICK_FORWARD(fn, params, FT)                                          \
+    (kd_isa() == 2 && sizeof(FT) == sizeof(double) &&                            \
              ((params)->divergence == KD_DIV_JSD ||                              \
               (params)->divergence == KD_DIV_SKEW_KL ||                          \
               (params)->divergence == KD_DIV_SKEW_REVERSE_KL) &&                 \
@@ -127,7 +129,7 @@ static int kd_logs_avx2(void)
          : KD_PICK(fn))
 #else
 #define KD_PICK(fn) fn##_base
-#define KD_PICK_FORWARD(fn, params) fn##_base
+#define KD_PICK_FORWARD(fn, params, FT) fn##_base
 #endif
 
 #define KD_DISPATCH(SFX, FT)                                                     \
@@ -140,7 +142,7 @@ static int kd_logs_avx2(void)
                          double *student_t_out, double *teacher_t_out,           \
                          int n_threads, kd_status *status)                       \
     {                                                                            \
-        return KD_PICK_FORWARD(kd_forward_##SFX, params)(n_rows, n_cols, student,\
+        return KD_PICK_FORWARD(kd_forward_##SFX, params, FT)(n_rows, n_cols, student,\
                                          student_stride,                         \
                                          teacher, teacher_stride, student_t,     \
                                          teacher_t, rows, params, grad_scale,    \

@@ -308,7 +308,105 @@ static inline __attribute__((always_inline)) VEC NAME(cached_exp)(const FT *c, i
     return j + VL <= C ? VLOAD(c + j) : NAME(load_tail)(c + j, C - j, 0);
 }
 
-/* The divergences other than forward KL (terms: kd_div.h), in double lanes;
+#if KD_FLOAT_ROWS
+/* JSD and the skew KLs of float rows in float lanes (VL at a time, nothing
+ * widened: in double lanes their logs and divisions cost 5-8 ns a logit).
+ * With u = log pS - log pT and v = |u|, the mixture M = cT pT + cS pS is
+ * the larger of pS, pT times w = c_big + c_small e^-v (c_big: the
+ * coefficient of the larger one), so with L = log w
+ *     log p_big - log M = -L,    log p_small - log M = -v - L:
+ * one exp and one log per element, of w in [c_big, 1], where a float log
+ * is accurate (log M - log p never cancels), and u comes from differences
+ * of the row-shifted logits, log sS - log sT carried in two floats. Each
+ * term is then within a few float roundings of its size (about 1e-7 pT or
+ * pS absolute), where the double-lane terms carry only the inputs' and the
+ * exps' float roundings. Used when both coefficients are at least 2^-60 (w
+ * stays a normal float); alpha = 0 (skew KL = KL) and extreme beta keep the
+ * double lanes. */
+#define KD_LANE_MIN_C 0x1p-60
+typedef struct {
+    FT dl_hi, dl_lo; /* log sS - log sT = dl_hi + dl_lo */
+    FT inv_sS, inv_sT;
+    FT cT, cS;       /* M = cT pT + cS pS */
+    FT beta;         /* JSD's weight of KL(pT || M) */
+} NAME(lane_k);
+
+static int NAME(lane_terms)(int div, const kd_params *p)
+{
+    double c;
+    if (div == KD_DIV_JSD)
+        c = p->beta;
+    else if (div == KD_DIV_SKEW_KL || div == KD_DIV_SKEW_REVERSE_KL)
+        c = p->alpha;
+    else
+        return 0;
+    return c >= KD_LANE_MIN_C && 1.0 - c >= KD_LANE_MIN_C;
+}
+
+static NAME(lane_k) NAME(lane_k_of)(int div, const kd_params *p, double sS, double sT)
+{
+    NAME(lane_k) k;
+    const double dl = log(sS) - log(sT);
+    k.dl_hi = (FT)dl;
+    k.dl_lo = (FT)(dl - (double)k.dl_hi);
+    k.inv_sS = (FT)(1.0 / sS);
+    k.inv_sT = (FT)(1.0 / sT);
+    const double c = div == KD_DIV_JSD ? p->beta : p->alpha;
+    /* JSD and skew KL weigh pT by c, skew reverse KL weighs pS */
+    k.cT = (FT)(div == KD_DIV_SKEW_REVERSE_KL ? 1.0 - c : c);
+    k.cS = (FT)(div == KD_DIV_SKEW_REVERSE_KL ? c : 1.0 - c);
+    k.beta = (FT)p->beta;
+    return k;
+}
+
+/* d_j and h_j (as kd_div_terms_v4d) of VL elements: b, a the shifted and
+ * scaled logits, eS = exp(b), eT = exp(a). Lanes with pS = pT = 0 (both
+ * -inf, the tail's padding) give 0. */
+static inline __attribute__((always_inline)) void
+NAME(lane_terms_at)(const int div, VEC b, VEC a, VEC eS, VEC eT, const NAME(lane_k) *k,
+                    VEC *d, VEC *h)
+{
+    const VEC zero = {0};
+    const VEC pS = eS * k->inv_sS, pT = eT * k->inv_sT;
+    const VINT sp = pS > zero, tp = pT > zero;
+    const VEC u = ((b - a) - k->dl_hi) - k->dl_lo;
+    const VINT t_big = u <= zero;
+    const VEC nv = VSEL(t_big, u, -u); /* -v */
+    const VEC sig = VEXP(nv);
+    const VEC w = VFMA(VSEL(t_big, zero + k->cS, zero + k->cT), sig,
+                       VSEL(t_big, zero + k->cT, zero + k->cS));
+    const VEC L = VLOGF(w);
+    const VEC lT = VSEL(t_big, -L, nv - L), lS = VSEL(t_big, nv - L, -L); /* log p - log M */
+    switch (div) {
+    case KD_DIV_JSD: {
+        const VEC r = VSEL(sp, ((FT)1 - k->beta) * pS * lS, zero);
+        *d = VSEL(tp, k->beta * pT * lT, zero) + r;
+        *h = r;
+        break;
+    }
+    case KD_DIV_SKEW_KL: /* h = -cS pT pS / M = -cS p_small / w */
+        *d = VSEL(tp, pT * lT, zero);
+        *h = VSEL(sp & tp, -k->cS * VSEL(t_big, pS, pT) / w, zero);
+        break;
+    default: { /* KD_DIV_SKEW_REVERSE_KL: h = r - cS pS^2 / M */
+        const VEC r = pS * lS;
+        *d = VSEL(sp, r, zero);
+        *h = VSEL(sp, r - k->cS * pS * VSEL(t_big, sig, zero + 1) / w, zero);
+        break;
+    }
+    }
+}
+
+/* the gradient lanes coef (h - pS Q) of the float-lane terms, in float */
+static inline __attribute__((always_inline)) VEC NAME(lane_grad)(VEC h, VEC eS, FT inv_sS,
+                                                                 FT Q, FT coef)
+{
+    return coef * (h - (eS * inv_sS) * Q);
+}
+#endif
+
+/* The divergences other than forward KL (terms: kd_div.h), in double lanes
+ * but for the float-lane terms above;
  * with hc not NULL, the terms h_j are kept there (C rounded up to VL doubles)
  * for the gradient pass, which then takes no exp and no log. */
 static inline __attribute__((always_inline)) void
@@ -317,6 +415,14 @@ NAME(row_div_sums_as)(const int div, const FT *z, const FT *v, int64_t C, FT mz,
                       const FT *cS, const FT *cT, double *hc, double *D_out, double *Q_out)
 {
     const double ls = log(sS), lt = log(sT), inv_sS = 1.0 / sS, inv_sT = 1.0 / sT;
+#if KD_FLOAT_ROWS
+    /* the float-lane terms keep h as floats (hc has room for C rounded up to
+     * VL doubles) */
+    const int lanes = NAME(lane_terms)(div, p);
+    const NAME(lane_k) k = NAME(lane_k_of)(div, p, sS, sT);
+    NAME(rsum) lD = NAME(rsum_zero)(), lQ = lD;
+    int f = 0;
+#endif
     kd_v4d accD = {0}, accQ = {0};
     for (int64_t j = 0; j < C; j += VL) {
         const int full = j + VL <= C;
@@ -324,6 +430,22 @@ NAME(row_div_sums_as)(const int div, const FT *z, const FT *v, int64_t C, FT mz,
         VEC vv = full ? VLOAD(v + j) : NAME(load_tail)(v + j, C - j, -INFINITY);
         VEC b = (zz - mz) * inv_s, a = (vv - mv) * inv_t;
         VEC eS = NAME(cached_exp)(cS, j, C, b), eT = NAME(cached_exp)(cT, j, C, a);
+#if KD_FLOAT_ROWS
+        if (lanes) {
+            VEC d, h;
+            NAME(lane_terms_at)(div, b, a, eS, eT, &k, &d, &h);
+            lD.part += d;
+            lQ.part += h;
+            if (++f == KD_FOLD) {
+                f = 0;
+                NAME(rsum_fold)(&lD);
+                NAME(rsum_fold)(&lQ);
+            }
+            if (hc)
+                VSTORE((FT *)hc + j, h);
+            continue;
+        }
+#endif
         for (int q = 0; q < VPARTS; q++) {
             kd_v4d pS, d, h;
             kd_div_terms_v4d(div, VPART(b, q), VPART(a, q), VPART(eS, q), VPART(eT, q), ls, lt,
@@ -334,6 +456,13 @@ NAME(row_div_sums_as)(const int div, const FT *z, const FT *v, int64_t C, FT mz,
                 kd_store_v4d(hc + j + 4 * q, h);
         }
     }
+#if KD_FLOAT_ROWS
+    if (lanes) {
+        *D_out = NAME(rsum_total)(lD);
+        *Q_out = NAME(rsum_total)(lQ);
+        return;
+    }
+#endif
     *D_out = kd_acc_sum_v4d(accD);
     *Q_out = kd_acc_sum_v4d(accQ);
 }
@@ -369,6 +498,10 @@ NAME(row_div_grad_as)(const int div, const FT *z, const FT *v, int64_t C, FT mz,
                       const FT *cT, FT *g)
 {
     const double ls = log(sS), lt = log(sT), inv_sS = 1.0 / sS, inv_sT = 1.0 / sT;
+#if KD_FLOAT_ROWS
+    const int lanes = NAME(lane_terms)(div, p);
+    const NAME(lane_k) k = NAME(lane_k_of)(div, p, sS, sT);
+#endif
     for (int64_t j = 0; j < C; j += VL) {
         const int full = j + VL <= C;
         VEC zz = full ? VLOAD(z + j) : NAME(load_tail)(z + j, C - j, -INFINITY);
@@ -379,6 +512,15 @@ NAME(row_div_grad_as)(const int div, const FT *z, const FT *v, int64_t C, FT mz,
             ce = cC * VEXP(zz - mz) - c_eps;
         VEC eS = NAME(cached_exp)(cS, j, C, b), eT = NAME(cached_exp)(cT, j, C, a);
         kd_v4d gp[VPARTS];
+#if KD_FLOAT_ROWS
+        if (lanes) {
+            /* as row_h_grad from the h the sums pass would have kept */
+            VEC d, h;
+            NAME(lane_terms_at)(div, b, a, eS, eT, &k, &d, &h);
+            NAME(store_at)(g, j, C, NAME(lane_grad)(h, eS, k.inv_sS, (FT)Q, (FT)coef) + ce);
+            continue;
+        }
+#endif
         for (int q = 0; q < VPARTS; q++) {
             kd_v4d pS, d, h;
             kd_div_terms_v4d(div, VPART(b, q), VPART(a, q), VPART(eS, q), VPART(eT, q), ls, lt,
@@ -417,8 +559,9 @@ static void NAME(row_div_grad)(const FT *z, const FT *v, int64_t C, FT mz, FT mv
  * bits, with no exp (but the CE term's) and no log, whatever the divergence. */
 static void NAME(row_h_grad)(const FT *z, int64_t C, FT mz, double sS, double coef, double Q,
                              int use_ce, FT cC, FT c_eps, const FT *cS, const double *hc,
-                             FT *g)
+                             int h_lanes, FT *g)
 {
+    (void)h_lanes; /* double rows have no float-lane terms */
     const double inv_sS = 1.0 / sS;
     for (int64_t j = 0; j < C; j += VL) {
         const int full = j + VL <= C;
@@ -428,6 +571,13 @@ static void NAME(row_h_grad)(const FT *z, int64_t C, FT mz, double sS, double co
             ce = cC * VEXP(zz - mz) - c_eps;
         }
         VEC eS = full ? VLOAD(cS + j) : NAME(load_tail)(cS + j, C - j, 0);
+#if KD_FLOAT_ROWS
+        if (h_lanes) { /* the float-lane terms kept h as floats */
+            NAME(store_at)(g, j, C, NAME(lane_grad)(VLOAD((const FT *)hc + j), eS,
+                                                    (FT)inv_sS, (FT)Q, (FT)coef) + ce);
+            continue;
+        }
+#endif
         kd_v4d gp[VPARTS];
         for (int q = 0; q < VPARTS; q++) {
             const kd_v4d pS = VPART(eS, q) * inv_sS;
@@ -995,7 +1145,12 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
             /* the target column is not in the non-target sums */
             g[y] = gy + (use_ce ? cC * EXP(zy - mz) - c_eps : (FT)0);
         } else if (h_cached) {
-            NAME(row_h_grad)(z, C, mz, sS, coef, Q, use_ce, cC, c_eps, g, hcache, g);
+#if KD_FLOAT_ROWS
+            const int h_lanes = NAME(lane_terms)(p->divergence, p);
+#else
+            const int h_lanes = 0;
+#endif
+            NAME(row_h_grad)(z, C, mz, sS, coef, Q, use_ce, cC, c_eps, g, hcache, h_lanes, g);
         } else {
             NAME(row_div_grad)(z, v, C, mz, mv, inv_s, inv_t, sS, sT, p, coef, Q, use_ce, cC,
                                c_eps, div_cached ? g : NULL, div_cached ? scratch : NULL, g);

@@ -22,6 +22,7 @@
 #define FT_MAX FLT_MAX
 #define SFX f32
 #define EXP kd_exp_f32
+#define KD_FLOAT_ROWS 1
 #ifdef KD_AVX512
 #define VL 16
 #define VEC kd_v16f
@@ -35,6 +36,7 @@
 #define VHMAX kd_hmax_v16f
 #define VANY kd_any_v16i
 #define VEXP kd_exp_v16f
+#define VLOGF kd_logf_v16f
 #define VFMA kd_fma_v16f
 #define VPARTS 4
 #define VPART kd_part_v16f
@@ -56,6 +58,7 @@
 #define VHMAX kd_hmax_v8f
 #define VANY kd_any_v8i
 #define VEXP kd_exp_v8f
+#define VLOGF kd_logf_v8f
 #define VFMA kd_fma_v8f
 #define VPARTS 2
 #define VPART kd_part_v8f
@@ -82,6 +85,8 @@
 #undef VHMAX
 #undef VANY
 #undef VEXP
+#undef VLOGF
+#undef KD_FLOAT_ROWS
 #undef VFMA
 #undef VPARTS
 #undef VPART
@@ -96,6 +101,7 @@
 #define FT_MAX DBL_MAX
 #define SFX f64
 #define EXP kd_exp_f64
+#define KD_FLOAT_ROWS 0
 #ifdef KD_AVX512
 #define VL 8
 #define VEC kd_v8d
@@ -156,6 +162,7 @@
 #undef VHMAX
 #undef VANY
 #undef VEXP
+#undef KD_FLOAT_ROWS
 #undef VFMA
 #undef VPARTS
 #undef VPART

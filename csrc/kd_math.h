@@ -389,6 +389,36 @@ KD_DEFINE_EXP_SCALE(kd_exp_scale_v4d, kd_v4d, kd_v4l, kd_v4ul, KD_EXPD_LO, 52,
     }
 
 KD_DEFINE_EXPF(kd_exp_v8f, kd_v8f, kd_fma_v8f, kd_exp_scale_v8f)
+
+/* log(x) on float lanes V (ints I), for positive normal x (the float-lane
+ * divergence terms take it of w in [2^-60, 1]): x = m 2^e with m in
+ * [sqrt(1/2), sqrt(2)) by integer arithmetic on the bits, f = m - 1 exactly,
+ * log(1 + f) = f - f^2/2 + f^3 P(f) with Cephes' logf polynomial (degree 8,
+ * about 1 ulp), e ln 2 added in two parts. */
+#define KD_LOGF_SQRTH_BITS 0x3f3504f3 /* sqrt(1/2) */
+#define KD_DEFINE_LOGF(NAME, V, I, FMA)                                          \
+    KD_VINLINE V NAME(V x)                                                       \
+    {                                                                            \
+        const V zero = {0};                                                      \
+        const I t = (I)x - KD_LOGF_SQRTH_BITS;                                   \
+        const I e = t >> 23;                                                     \
+        const V f = (V)((t & 0x007fffff) + KD_LOGF_SQRTH_BITS) - 1.0f;           \
+        const V ef = __builtin_convertvector(e, V);                              \
+        const V z = f * f;                                                       \
+        V p = zero + 7.0376836292e-2f;                                           \
+        p = FMA(p, f, zero - 1.1514610310e-1f);                                  \
+        p = FMA(p, f, zero + 1.1676998740e-1f);                                  \
+        p = FMA(p, f, zero - 1.2420140846e-1f);                                  \
+        p = FMA(p, f, zero + 1.4249322787e-1f);                                  \
+        p = FMA(p, f, zero - 1.6668057665e-1f);                                  \
+        p = FMA(p, f, zero + 2.0000714765e-1f);                                  \
+        p = FMA(p, f, zero - 2.4999993993e-1f);                                  \
+        p = FMA(p, f, zero + 3.3333331174e-1f);                                  \
+        V y = FMA(ef, zero - KD_LN2_LO_NEG_F, p * (f * z));                      \
+        y = FMA(z, zero - 0.5f, y);                                              \
+        return FMA(ef, zero + KD_LN2_HI_F, f + y);                               \
+    }
+KD_DEFINE_LOGF(kd_logf_v8f, kd_v8f, kd_v8i, kd_fma_v8f)
 KD_DEFINE_EXPD(kd_exp_v4d, kd_v4d, kd_fma_v4d, kd_exp_scale_v4d)
 
 /* log(x) for x > 0, four double lanes: x = m 2^e, m in [sqrt(1/2), sqrt(2)), and
@@ -492,6 +522,7 @@ KD_VINLINE kd_v8d kd_exp_scale_v8d(kd_v8d x, kd_v8d y, kd_v8d t, kd_v8d n)
     return (kd_v8d)_mm512_maskz_scalef_pd(keep, (__m512d)y, (__m512d)n);
 }
 KD_DEFINE_EXPF(kd_exp_v16f, kd_v16f, kd_fma_v16f, kd_exp_scale_v16f)
+KD_DEFINE_LOGF(kd_logf_v16f, kd_v16f, kd_v16i, kd_fma_v16f)
 KD_DEFINE_EXPD(kd_exp_v8d, kd_v8d, kd_fma_v8d, kd_exp_scale_v8d)
 
 /* tails: masked loads and stores (no fault beyond the row) */

@@ -7,7 +7,7 @@ deliver there, so that a faster summation cannot quietly trade it away:
   the partition sum is 1 plus small terms, and a float partial sum holding
   the 1 would round those terms away; the row sums are in double, so the
   loss keeps its relative accuracy.
-- KL-type divergences: the loss A/sT - log sT + log sS comes out of terms of
+- KL-type divergences (JSD and the skew KLs too): the loss A/sT - log sT + log sS comes out of terms of
   the size of the log-ratio E|log pT - log pS|, so its error is bounded in
   units of float32's rounding u times that size (with 2 for the two logs).
 The truth is the NumPy twin in float64 on the same (float32-valued) inputs.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from isa_builds import builds, using
 
 U32 = 2.0 ** -24
 SHAPES = [(512, 100), (64, 1000), (4, 32000)]
@@ -48,22 +49,103 @@ def _log_ratio_size(z, v):
     return 2.0 + np.sum((np.exp(lz) + np.exp(lv)) * np.abs(lv - lz), axis=1)
 
 
-@pytest.mark.parametrize("divergence", ["kl", "reverse_kl", "symmetric_kl"])
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("near", [False, True], ids=["far", "near"])
-def test_kl_error_in_roundings(ckd, ref, divergence, shape, near):
-    rng = np.random.default_rng(shape[1] + 7 * near)
+# JSD and the skew KLs of float rows run in float lanes (kd_impl.h, lane_terms):
+# their mixture logs come from log w, w in [c, 1], so they keep the KLs' bound.
+DIVERGENCES = [
+    ("kl", {}), ("reverse_kl", {}), ("symmetric_kl", {}),
+    ("jsd", {"beta": 0.5}), ("jsd", {"beta": 0.1}), ("jsd", {"beta": 0.95}),
+    ("skew_kl", {"alpha": 0.1}), ("skew_kl", {"alpha": 0.9}),
+    ("skew_reverse_kl", {"alpha": 0.1}), ("skew_reverse_kl", {"alpha": 0.9}),
+]
+DIV_IDS = [d + "-" + "-".join(f"{k}{v}" for k, v in kw.items()) for d, kw in DIVERGENCES]
+
+
+@pytest.fixture(params=builds())
+def each_isa(request):
+    """Every instruction-set build this CPU runs (their float lanes differ in width)."""
+    with using(request.param):
+        yield request.param
+
+
+def _row_pairs(shape, near, rng):
+    """(z, v) float32 pairs at logit scales 1, 5, 20, teacher near or far."""
     for scale in (1.0, 5.0, 20.0):
         z = _logits(shape, scale, rng)
         noise = rng.standard_normal(shape) * (1e-2 * scale if near else scale)
-        v = (z + noise).astype(np.float32)
+        yield scale, z, (z + noise).astype(np.float32)
+
+
+@pytest.mark.parametrize("divergence,kw", DIVERGENCES, ids=DIV_IDS)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("near", [False, True], ids=["far", "near"])
+def test_kl_error_in_roundings(ckd, ref, each_isa, divergence, kw, shape, near):
+    rng = np.random.default_rng(shape[1] + 7 * near)
+    for scale, z, v in _row_pairs(shape, near, rng):
         got = ckd.kd_loss(z, v, temperature=1.0, divergence=divergence,
-                          reduction="none").loss
+                          reduction="none", **kw).loss
         z64, v64 = z.astype(np.float64), v.astype(np.float64)
         truth = ref.kd_loss(z64, v64, temperature=1.0, divergence=divergence,
-                            reduction="none").loss
+                            reduction="none", **kw).loss
         roundings = np.abs(got - truth) / (U32 * _log_ratio_size(z64, v64))
         assert roundings.max() <= 3.0, f"scale {scale}: {roundings.max():.2f} u"
+
+
+def _softmax(x):
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("divergence,kw", DIVERGENCES, ids=DIV_IDS)
+@pytest.mark.parametrize("temperature", [1.0, 3.0])
+def test_grad_error_in_roundings(ckd, ref, each_isa, divergence, kw, temperature):
+    """Each gradient element within a few roundings of the probabilities it comes from.
+
+    A float exp of the shifted logit b = (z - max z) / T is off by about u |b|
+    relative, so the bound per element is u (pS + pT) (1 + |b| + |a|) T (the
+    T^2 scale over the 1/T of the chain rule). Reverse KL's h = pS (log pS -
+    log pT - R) carries the log ratio and the row's loss R too, so it gets the
+    factor |b - a| + (a bound on R) as well. Probabilities below float's smallest normal flush to 0, which costs
+    up to that normal times the size of the element's log terms.
+    """
+    T = temperature
+    for shape in SHAPES:
+        for near in (False, True):
+            rng = np.random.default_rng(shape[1] + near)
+            for scale, z, v in _row_pairs(shape, near, rng):
+                got = ckd.kd_loss(z, v, temperature=T, divergence=divergence,
+                                  reduction="none", **kw).grad
+                z64, v64 = z.astype(np.float64), v.astype(np.float64)
+                truth = ref.kd_loss(z64, v64, temperature=T, divergence=divergence,
+                                    reduction="none", **kw).grad
+                b = (z64.max(axis=1, keepdims=True) - z64) / T
+                a = (v64.max(axis=1, keepdims=True) - v64) / T
+                size = (_softmax(z64 / T) + _softmax(v64 / T)) * (1.0 + a + b)
+                if divergence in ("reverse_kl", "symmetric_kl"):
+                    size = size * (np.abs(a - b) + _log_ratio_size(z64 / T, v64 / T)[:, None])
+                flushed = np.finfo(np.float32).tiny * (2.0 + a + b + np.abs(a - b))
+                bound = T * (8.0 * U32 * size + flushed)
+                worst = (np.abs(got - truth) / bound).max()
+                assert worst <= 1.0, f"{shape} near={near} scale {scale}: {8 * worst:.1f} u"
+
+
+@pytest.mark.parametrize("divergence,name", [("jsd", "beta"), ("skew_kl", "alpha"),
+                                             ("skew_reverse_kl", "alpha")])
+@pytest.mark.parametrize("c", [0.0, 2.0 ** -70, 1.0 - 2.0 ** -53])
+def test_mixture_weights_off_the_float_lanes(ckd, ref, divergence, name, c):
+    """Weights below 2^-60 of M (w would not be a normal float) take the double lanes."""
+    if divergence == "jsd" and c == 0.0:
+        pytest.skip("JSD's beta is in (0, 1)")
+    rng = np.random.default_rng(3)
+    z = _logits((64, 1000), 5.0, rng)
+    v = _logits((64, 1000), 5.0, rng)
+    got = ckd.kd_loss(z, v, temperature=2.0, divergence=divergence, reduction="none",
+                      **{name: c})
+    truth = ref.kd_loss(z.astype(np.float64), v.astype(np.float64), temperature=2.0,
+                        divergence=divergence, reduction="none", **{name: c})
+    assert np.all(np.isfinite(got.loss)) and np.all(np.isfinite(got.grad))
+    np.testing.assert_allclose(got.loss, truth.loss, rtol=1e-5, atol=1e-6)
+    # gradient elements are differences of terms up to 1 in size
+    np.testing.assert_allclose(got.grad, truth.grad, rtol=1e-4, atol=8 * U32)
 
 
 @pytest.mark.parametrize("divergence", ["kl", "reverse_kl"])
