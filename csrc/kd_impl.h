@@ -323,7 +323,6 @@ static inline __attribute__((always_inline)) VEC NAME(cached_exp)(const FT *c, i
  * exps' float roundings. Used when both coefficients are at least 2^-60 (w
  * stays a normal float); alpha = 0 (skew KL = KL) and extreme beta keep the
  * double lanes. */
-#define KD_LANE_MIN_C 0x1p-60
 typedef struct {
     FT dl_hi, dl_lo; /* log sS - log sT = dl_hi + dl_lo */
     FT inv_sS, inv_sT;
@@ -331,26 +330,16 @@ typedef struct {
     FT beta;         /* JSD's weight of KL(pT || M) */
 } NAME(lane_k);
 
-static int NAME(lane_terms)(int div, const kd_params *p)
-{
-    double c;
-    if (div == KD_DIV_JSD)
-        c = p->beta;
-    else if (div == KD_DIV_SKEW_KL || div == KD_DIV_SKEW_REVERSE_KL)
-        c = p->alpha;
-    else
-        return 0;
-    return c >= KD_LANE_MIN_C && 1.0 - c >= KD_LANE_MIN_C;
-}
-
-static NAME(lane_k) NAME(lane_k_of)(int div, const kd_params *p, double sS, double sT)
+/* the row constants, from the log partition sums ls, lt and their inverses */
+static NAME(lane_k) NAME(lane_k_of)(int div, const kd_params *p, double ls, double lt,
+                                    double inv_sS, double inv_sT)
 {
     NAME(lane_k) k;
-    const double dl = log(sS) - log(sT);
+    const double dl = ls - lt;
     k.dl_hi = (FT)dl;
     k.dl_lo = (FT)(dl - (double)k.dl_hi);
-    k.inv_sS = (FT)(1.0 / sS);
-    k.inv_sT = (FT)(1.0 / sT);
+    k.inv_sS = (FT)inv_sS;
+    k.inv_sT = (FT)inv_sT;
     const double c = div == KD_DIV_JSD ? p->beta : p->alpha;
     /* JSD and skew KL weigh pT by c, skew reverse KL weighs pS */
     k.cT = (FT)(div == KD_DIV_SKEW_REVERSE_KL ? 1.0 - c : c);
@@ -405,6 +394,23 @@ static inline __attribute__((always_inline)) VEC NAME(lane_grad)(VEC h, VEC eS, 
 }
 #endif
 
+/* Whether a row takes the float-lane terms above: float rows of JSD and the
+ * skew KLs with both mixture weights at least 2^-60 */
+#define KD_LANE_MIN_C 0x1p-60
+static int NAME(lane_terms)(int div, const kd_params *p)
+{
+    double c;
+    if (!KD_FLOAT_ROWS)
+        return 0;
+    if (div == KD_DIV_JSD)
+        c = p->beta;
+    else if (div == KD_DIV_SKEW_KL || div == KD_DIV_SKEW_REVERSE_KL)
+        c = p->alpha;
+    else
+        return 0;
+    return c >= KD_LANE_MIN_C && 1.0 - c >= KD_LANE_MIN_C;
+}
+
 /* The divergences other than forward KL (terms: kd_div.h), in double lanes
  * but for the float-lane terms above;
  * with hc not NULL, the terms h_j are kept there (C rounded up to VL doubles)
@@ -419,7 +425,8 @@ NAME(row_div_sums_as)(const int div, const FT *z, const FT *v, int64_t C, FT mz,
     /* the float-lane terms keep h as floats (hc has room for C rounded up to
      * VL doubles) */
     const int lanes = NAME(lane_terms)(div, p);
-    const NAME(lane_k) k = NAME(lane_k_of)(div, p, sS, sT);
+    const NAME(lane_k) k =
+        lanes ? NAME(lane_k_of)(div, p, ls, lt, inv_sS, inv_sT) : (NAME(lane_k)){0};
     NAME(rsum) lD = NAME(rsum_zero)(), lQ = lD;
     int f = 0;
 #endif
@@ -500,7 +507,8 @@ NAME(row_div_grad_as)(const int div, const FT *z, const FT *v, int64_t C, FT mz,
     const double ls = log(sS), lt = log(sT), inv_sS = 1.0 / sS, inv_sT = 1.0 / sT;
 #if KD_FLOAT_ROWS
     const int lanes = NAME(lane_terms)(div, p);
-    const NAME(lane_k) k = NAME(lane_k_of)(div, p, sS, sT);
+    const NAME(lane_k) k =
+        lanes ? NAME(lane_k_of)(div, p, ls, lt, inv_sS, inv_sT) : (NAME(lane_k)){0};
 #endif
     for (int64_t j = 0; j < C; j += VL) {
         const int full = j + VL <= C;
@@ -1145,12 +1153,8 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
             /* the target column is not in the non-target sums */
             g[y] = gy + (use_ce ? cC * EXP(zy - mz) - c_eps : (FT)0);
         } else if (h_cached) {
-#if KD_FLOAT_ROWS
-            const int h_lanes = NAME(lane_terms)(p->divergence, p);
-#else
-            const int h_lanes = 0;
-#endif
-            NAME(row_h_grad)(z, C, mz, sS, coef, Q, use_ce, cC, c_eps, g, hcache, h_lanes, g);
+            NAME(row_h_grad)(z, C, mz, sS, coef, Q, use_ce, cC, c_eps, g, hcache,
+                             NAME(lane_terms)(p->divergence, p), g);
         } else {
             NAME(row_div_grad)(z, v, C, mz, mv, inv_s, inv_t, sS, sT, p, coef, Q, use_ce, cC,
                                c_eps, div_cached ? g : NULL, div_cached ? scratch : NULL, g);

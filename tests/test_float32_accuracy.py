@@ -7,9 +7,10 @@ deliver there, so that a faster summation cannot quietly trade it away:
   the partition sum is 1 plus small terms, and a float partial sum holding
   the 1 would round those terms away; the row sums are in double, so the
   loss keeps its relative accuracy.
-- KL-type divergences (JSD and the skew KLs too): the loss A/sT - log sT + log sS comes out of terms of
-  the size of the log-ratio E|log pT - log pS|, so its error is bounded in
-  units of float32's rounding u times that size (with 2 for the two logs).
+- KL-type divergences (JSD and the skew KLs too): the loss A/sT - log sT +
+  log sS comes out of terms of the size of the log-ratio E|log pT - log pS|,
+  so its error is bounded in units of float32's rounding u times that size
+  (with 2 for the two logs).
 The truth is the NumPy twin in float64 on the same (float32-valued) inputs.
 """
 from __future__ import annotations
@@ -104,8 +105,9 @@ def test_grad_error_in_roundings(ckd, ref, each_isa, divergence, kw, temperature
     relative, so the bound per element is u (pS + pT) (1 + |b| + |a|) T (the
     T^2 scale over the 1/T of the chain rule). Reverse KL's h = pS (log pS -
     log pT - R) carries the log ratio and the row's loss R too, so it gets the
-    factor |b - a| + (a bound on R) as well. Probabilities below float's smallest normal flush to 0, which costs
-    up to that normal times the size of the element's log terms.
+    factor |b - a| + (a bound on R) as well. Probabilities below float's
+    smallest normal flush to 0, which costs up to that normal times the size
+    of the element's log terms.
     """
     T = temperature
     for shape in SHAPES:
