@@ -1415,9 +1415,12 @@ static void F(fuzz_forward)(rd *r)
                              (sabs + coefmag * (1 + Lmax)) * (1 + sqrt((double)C));
                 /* DKD with a student that has no non-target mass and a teacher
                  * that has: NCKD is +inf and its gradient beta (q - pT_nt) with
-                 * q = 0 (the README's convention), which sums to -beta */
+                 * q = 0 (the README's convention), which sums to -beta; TCKD is
+                 * +inf as well (its binary KL has (1 - pT_y) log((1 - pT_y) / 0)),
+                 * with no gradient on the massless non-target columns, so its
+                 * alpha (pS_y - pT_y) at y is not cancelled either */
                 int nckd_inf = 0;
-                if (dkd && use_kd && p->beta != 0.0) {
+                if (dkd && use_kd && (p->beta != 0.0 || p->alpha != 0.0)) {
                     int64_t yl = A.rows.labels[i * A.rows.labels_stride];
                     int s_mass = 0, t_mass = 0;
                     for (int64_t j = 0; j < C; j++)
