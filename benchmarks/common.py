@@ -579,7 +579,8 @@ def main(module_names: Sequence[str], argv: Optional[Sequence[str]] = None) -> i
     print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(default)')} | kdtemp buffer "
           f"cache {cache >> 20} MiB" + (" (returned gradients reuse freed blocks; "
                                          "KDTEMP_BUFFER_CACHE=0 turns that off)" if cache else
-                                         " (off: every gradient gets fresh pages)"))
+                                         " (off: every gradient gets fresh pages)") +
+          f" | next-row prefetch up to {kdtemp._kdtemp._prefetch_bytes() >> 10} KiB")
     print(f"{env['cpu_model']}, {cores} cores | {env['date']} | load average "
           f"{env['loadavg_1min']}" + ("  (machine busy: timings may be noisy)"
                                        if env["loadavg_1min"] > 0.5 else ""))

@@ -1231,6 +1231,13 @@ static PyObject *py_isa(PyObject *self, PyObject *noargs)
     return PyUnicode_FromString(kd_isa_name());
 }
 
+static PyObject *py_prefetch_bytes(PyObject *self, PyObject *noargs)
+{
+    (void)self;
+    (void)noargs;
+    return PyLong_FromLongLong((long long)kd_prefetch_bytes());
+}
+
 static PyObject *py_set_isa(PyObject *self, PyObject *arg)
 {
     (void)self;
@@ -1270,6 +1277,8 @@ static PyMethodDef methods[] = {
     {"buffer_cache_info", py_buffer_cache_info, METH_NOARGS,
      "The output-buffer cache's limit, bytes, blocks, hits and misses."},
     {"isa", py_isa, METH_NOARGS, "The kernels' instruction set: 'avx512', 'avx2' or 'baseline'."},
+    {"_prefetch_bytes", py_prefetch_bytes, METH_NOARGS,
+     "The most bytes of next rows a row's pass prefetches: 3/4 of one core's L2."},
     {"_set_isa", py_set_isa, METH_O,
      "Force the kernels' instruction set ('baseline', 'avx2', 'avx512'), for tests."},
     {"max_threads", py_max_threads, METH_NOARGS,

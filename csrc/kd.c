@@ -6,6 +6,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__unix__) || defined(__APPLE__)
+#include <unistd.h>
+#endif
 
 #include "kd_common.h"
 #include "kd_isa.h"
@@ -34,6 +37,19 @@ int kd_count_rows(const kd_rows *rows, int64_t n_rows, int64_t n_cols,
     }
     *count = c;
     return KD_OK;
+}
+
+int64_t kd_prefetch_bytes(void)
+{
+    static int64_t bytes = 0; /* every thread computes the same value: a benign race */
+    if (bytes == 0) {
+        long l2 = 0;
+#ifdef _SC_LEVEL2_CACHE_SIZE
+        l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#endif
+        bytes = l2 > 0 ? (int64_t)l2 / 4 * 3 : 512 * 1024;
+    }
+    return bytes;
 }
 
 /* ---- dispatch ------------------------------------------------------------- */

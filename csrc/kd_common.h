@@ -25,11 +25,6 @@
  * buffers than with 65536 as the limit (2-core EPYC VM, one thread). */
 #define KD_CACHE_COLS 262144
 
-/* A row's first exp pass prefetches the next row while that row's inputs
- * take at most this many bytes: with the row being computed (and its
- * gradient) they then stay in a 1-2 MiB L2. */
-#define KD_PREFETCH_BYTES (512 * 1024)
-
 static inline int kd_parallel(int n_threads, int64_t n_rows, int64_t n_cols)
 {
     return n_threads > 1 && n_rows > 1 && n_rows * n_cols >= KD_PARALLEL_MIN_ELEMENTS;

@@ -37,7 +37,8 @@ static inline FT NAME(inv_temp)(double t)
 static inline const FT *NAME(next_row)(const FT *x, int64_t stride, int64_t i,
                                        int64_t n_rows, int64_t C, int n_arrays)
 {
-    const int fits = (uint64_t)C * sizeof(FT) * (uint64_t)n_arrays <= KD_PREFETCH_BYTES;
+    const int fits = (uint64_t)C * sizeof(FT) * (uint64_t)n_arrays <=
+                     (uint64_t)kd_prefetch_bytes();
     return i + 1 < n_rows && fits ? x + stride : NULL;
 }
 
@@ -1518,7 +1519,7 @@ int NAME(kd_ce_pair)(int64_t n_rows, int64_t student_cols, const FT *student,
          * next student row */
         const FT *zi = student + i * student_stride, *vi = teacher + i * teacher_stride;
         const int fits = (uint64_t)(student_cols + teacher_cols) * sizeof(FT) <=
-                         KD_PREFETCH_BYTES;
+                         (uint64_t)kd_prefetch_bytes();
         int code = NAME(row_ce1)(zi, student_cols, y, check_finite, KD_ERR_NONFINITE_STUDENT,
                                  KD_ERR_ALLINF_STUDENT, &row_ce[2 * i], fits ? vi : NULL);
         KD_RECORD_ERROR(code, i, bad_code[1], bad_row[1]);

@@ -108,3 +108,18 @@ def test_default_build_is_the_widest():
     if os.environ.get("KDTEMP_DISABLE_AVX2") or os.environ.get("KDTEMP_DISABLE_AVX512"):
         pytest.skip("a build is disabled in this environment")
     assert _kdtemp.isa() == builds()[-1]
+
+
+def test_prefetch_budget_is_three_quarters_of_l2():
+    """The next-row prefetch budget follows the L2 the system reports, and
+    falls back to 512 KiB where it reports none."""
+    import shutil
+    import subprocess
+
+    l2 = 0
+    if shutil.which("getconf"):
+        out = subprocess.run(["getconf", "LEVEL2_CACHE_SIZE"], capture_output=True, text=True)
+        if out.returncode == 0 and out.stdout.strip().isdigit():
+            l2 = int(out.stdout.strip())
+    expected = l2 // 4 * 3 if l2 > 0 else 512 * 1024
+    assert _kdtemp._prefetch_bytes() == expected
