@@ -1,7 +1,9 @@
 /* Per-element terms of the divergences other than forward KL (spec/kd.md),
  * four double lanes at a time (float logits are widened first, their exps
- * stay float; JSD and the skew KLs of float rows have float-lane terms of
- * their own, kd_impl.h's lane_terms). For element j: d_j, its share of D = sum_j d_j, and
+ * stay float; JSD, the skew KLs and TVD of float rows have float-lane terms
+ * of their own, kd_impl.h's lane_terms, and reverse and symmetric KL a
+ * float-lane gradient, rev_lane_grad). For element j: d_j, its share of
+ * D = sum_j d_j, and
  * h_j = pS_j dD/dpS_j, so that dD/dz_j = (1/tS)(h_j - pS_j sum_k h_k).
  * Terms with a zero probability in front are 0 (0 log 0 = 0). `div` is a
  * constant where this is inlined, so each divergence gets its own loop. */
