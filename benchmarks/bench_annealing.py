@@ -50,7 +50,7 @@ def annealing_case(name: str, reduction: str, torch_loss) -> Case:
         torch_fn=torch_grad(torch_loss),
         numpy_fn=lambda x: ref.annealing_loss(x["student"], x["teacher"], PHI,
                                               reduction=reduction),
-        bytes_moved=nc_bytes(3),  # student + teacher read, gradient written
+        bytes_moved=nc_bytes(2, 1),  # student + teacher read, gradient written
         kdtemp_out_fn=lambda x, n, out: kdtemp.annealing_loss(
             x["student"], x["teacher"], PHI, reduction=reduction, n_threads=n, out=out),
     )

@@ -75,7 +75,7 @@ def atkd_case(name: str, settings: dict, labels: bool) -> Case:
         torch_fn=torch_atkd(**settings),
         numpy_fn=lambda x: ref.atkd_loss(x["student"], x["teacher"], **kw(x)),
         # student + teacher read, gradient written (+ labels)
-        bytes_moved=nc_bytes(3, per_row=8 if labels else 0),
+        bytes_moved=nc_bytes(2, 1, per_row=8 if labels else 0),
         kdtemp_out_fn=lambda x, n, out: kdtemp.atkd_loss(x["student"], x["teacher"],
                                                          n_threads=n, out=out, **kw(x)),
     )

@@ -89,7 +89,7 @@ CASES = [Case(
     torch_fn=torch_grad(_torch_dkd),
     numpy_fn=lambda x: ref.dkd_loss(x["student"], x["teacher"], x["labels"], temperature=T,
                                     alpha=ALPHA, beta=BETA),
-    bytes_moved=nc_bytes(3, per_row=8),  # student + teacher read, gradient written, labels
+    bytes_moved=nc_bytes(2, 1, per_row=8),  # student + teacher read, gradient written, labels
     kdtemp_out_fn=lambda x, n, out: kdtemp.dkd_loss(
         x["student"], x["teacher"], x["labels"], temperature=T, alpha=ALPHA, beta=BETA,
         n_threads=n, out=out),

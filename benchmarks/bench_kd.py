@@ -73,7 +73,7 @@ def kd_case(div: str) -> Case:
         torch_fn=torch_divergence(div),
         numpy_fn=lambda x: ref.kd_loss(x["student"], x["teacher"], temperature=T,
                                        divergence=div, beta=BETA, alpha=ALPHA),
-        bytes_moved=nc_bytes(3),  # student + teacher read, gradient written
+        bytes_moved=nc_bytes(2, 1),  # student + teacher read, gradient written
         kdtemp_out_fn=lambda x, n, out: kdtemp.kd_loss(
             x["student"], x["teacher"], temperature=T, divergence=div, beta=BETA,
             alpha=ALPHA, n_threads=n, out=out),
@@ -97,7 +97,7 @@ CASES = [kd_case(d) for d in DIVERGENCES] + [
         kdtemp_fn=lambda x, n: kdtemp.ce_loss(x["student"], x["labels"], n_threads=n),
         torch_fn=torch_grad(_torch_ce),
         numpy_fn=lambda x: ref.ce_loss(x["student"], x["labels"]),
-        bytes_moved=nc_bytes(2, per_row=8),  # logits read, gradient written, labels
+        bytes_moved=nc_bytes(1, 1, per_row=8),  # logits read, gradient written, labels
         kdtemp_out_fn=lambda x, n, out: kdtemp.ce_loss(x["student"], x["labels"],
                                                        n_threads=n, out=out),
     ),
@@ -107,7 +107,7 @@ CASES = [kd_case(d) for d in DIVERGENCES] + [
         kdtemp_fn=lambda x, n: kdtemp.softmax(x["student"], T, n_threads=n),
         torch_fn=_torch_softmax,  # forward only: softmax(x / T)
         numpy_fn=lambda x: ref.softmax(x["student"], T),
-        bytes_moved=nc_bytes(2),  # logits read, probabilities written
+        bytes_moved=nc_bytes(1, 1),  # logits read, probabilities written
         kdtemp_out_fn=lambda x, n, out: kdtemp.softmax(x["student"], T, n_threads=n, out=out),
     ),
 ]

@@ -5,7 +5,7 @@ A benchmark module (``bench_<op>.py``) is a list of :class:`Case` objects named
 
     from common import Case, main, logits_pair, nc_bytes, torch_grad
 
-    CASES = [Case("kl", logits_pair, kdtemp_fn, torch_fn, numpy_fn, nc_bytes(3))]
+    CASES = [Case("kl", logits_pair, kdtemp_fn, torch_fn, numpy_fn, nc_bytes(2, 1))]
 
     if __name__ == "__main__":
         raise SystemExit(main(["bench_kd"]))
@@ -59,6 +59,10 @@ TWIN_MAX_ELEMENTS = 8_000_000
 MEMORY_MIN_BYTES = 512 << 10
 #: ... and, in ``--quick``, at least this many logits (the medium shape only).
 QUICK_MEMORY_MIN_ELEMENTS = 1_000_000
+#: The NumPy floor is timed for shapes whose N x C buffer has at least this
+#: many bytes: smaller ones stay in cache, where Python's per-call and
+#: per-thread costs are most of what it would measure.
+FLOOR_MIN_BYTES = 16 << 20
 #: Buffer of the copy-bandwidth measurement.
 COPY_BYTES = 256 << 20
 #: glibc settings of the memory subprocess: a fixed mmap threshold (which also
@@ -125,12 +129,19 @@ def logits_labels(shape: Shape, dtype, rng: np.random.Generator) -> Inputs:
             "labels": rng.integers(0, shape[1], size=shape[0], dtype=np.int64)}
 
 
-def nc_bytes(n_buffers: float, per_row: int = 0) -> Callable[[Shape, np.dtype], int]:
-    """``bytes_moved`` of ``n_buffers`` N x C arrays plus ``per_row`` bytes per row."""
-    def bytes_moved(shape: Shape, dtype) -> int:
+@dataclass(frozen=True)
+class nc_bytes:
+    """``bytes_moved`` of ``reads`` N x C arrays read and ``writes`` written
+    once, plus ``per_row`` bytes per row; ``(reads, writes)`` also picks the
+    NumPy floor the case is compared with (:func:`floor_ops`)."""
+
+    reads: int
+    writes: int = 0
+    per_row: int = 0
+
+    def __call__(self, shape: Shape, dtype) -> int:
         n, c = shape
-        return int(n_buffers * n * c * np.dtype(dtype).itemsize) + per_row * n
-    return bytes_moved
+        return (self.reads + self.writes) * n * c * np.dtype(dtype).itemsize + self.per_row * n
 
 
 def torch_grad(loss_fn: Callable[[Any, Inputs], Any]) -> Callable[[Inputs], Any]:
@@ -329,6 +340,43 @@ def torch_copy_bandwidth(n_threads: int, nbytes: int = COPY_BYTES, repeats: int 
 # Memory (run in a subprocess: ``python common.py --memory-worker SPEC``)
 # ----------------------------------------------------------------------------
 
+# ----------------------------------------------------------------------------
+# Floor: NumPy moving the same arrays
+# ----------------------------------------------------------------------------
+
+FLOOR_METHOD = ("median of NumPy ops that read and write the case's N x C arrays once, "
+                "(reads, writes): (1, 0) x.max(axis=1); (2, 0) that and y.max(axis=1); "
+                "(1, 1) np.multiply(x, 2, out=o); (2, 1) np.subtract(x, y, out=o); o "
+                "pre-faulted; n threads = n Python threads each taking 1/n of the rows")
+
+
+def floor_ops(shape: Shape, dtype, io: Tuple[int, int]) -> Callable[[slice], Any]:
+    """One NumPy op per (reads, writes) that touches the arrays as a kernel
+    with that many N x C inputs and outputs must, on rows ``s``: the time
+    below which a kernel with ordinary (cached) stores cannot go."""
+    x = np.ones(shape, dtype)
+    y = np.ones(shape, dtype) if io[0] == 2 else None
+    o = np.zeros(shape, dtype) if io[1] else None
+    ops = {
+        (1, 0): lambda s: x[s].max(axis=1),
+        (2, 0): lambda s: (x[s].max(axis=1), y[s].max(axis=1)),
+        (1, 1): lambda s: np.multiply(x[s], 2, out=o[s]),
+        (2, 1): lambda s: np.subtract(x[s], y[s], out=o[s]),
+    }
+    return ops[io]
+
+
+def floor_time(op: Callable[[slice], Any], n_rows: int, n_threads: int,
+               policy: TimingPolicy) -> Timing:
+    """``op`` over all rows, split over ``n_threads`` Python threads."""
+    if n_threads == 1 or n_rows < n_threads:
+        return time_call(lambda: op(slice(None)), policy)
+    bounds = np.linspace(0, n_rows, n_threads + 1).astype(int)
+    slices = [slice(bounds[i], bounds[i + 1]) for i in range(n_threads)]
+    with ThreadPoolExecutor(n_threads) as pool:
+        return time_call(lambda: list(pool.map(op, slices)), policy)
+
+
 def _status_kb(key: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
@@ -459,6 +507,7 @@ CSV_FIELDS = [
     "kdtemp_samples", "torch_samples", "numpy_samples", "kdtemp_min_ms", "kdtemp_out_min_ms",
     "torch_min_ms", "numpy_min_ms", "kdtemp_peak_mb", "kdtemp_out_peak_mb",
     "torch_peak_mb", "nc_buffer_mb", "memory_method", "copy_method",
+    "floor_ms", "floor_io", "torch_over_floor", "floor_method",
 ]
 COPY_METHOD = ("np.copyto of a 256 MiB float64 buffer (median); n threads = n Python threads "
                "each copying 1/n of it; GB/s counts bytes read + written")
@@ -499,7 +548,8 @@ def _mb(nbytes: Optional[float], fmt: str = ".2f") -> str:
 
 TIME_COLS = [("case", 15), ("N x C", 12), ("dtype", 7), ("thr", 3), ("kdtemp ms", 10),
              ("out= ms", 9), ("torch ms", 9), ("numpy ms", 9), ("vs torch", 8),
-             ("vs numpy", 8), ("GB/s", 6), ("% copy", 6)]
+             ("vs numpy", 8), ("GB/s", 6), ("% copy", 6), ("floor ms", 9),
+             ("ceiling", 8)]
 MEM_COLS = [("case", 15), ("N x C", 12), ("dtype", 7), ("kdtemp MB", 10), ("x NC", 6),
             ("out= MB", 9), ("x NC", 6), ("torch MB", 9), ("x NC", 6), ("torch/kdtemp", 12)]
 
@@ -596,12 +646,17 @@ def main(module_names: Sequence[str], argv: Optional[Sequence[str]] = None) -> i
     print("times: median ms, after a warm-up call (time.perf_counter). kdtemp: n_threads=thr; "
           "torch: torch.set_num_threads(thr);\n  numpy: the single-threaded NumPy twin "
           "(kdtemp.reference), timed once per shape. GB/s = bytes_moved / kdtemp time; "
-          "% copy = of the copy bandwidth at thr.")
+          "% copy = of the copy bandwidth at thr.\n  floor ms: NumPy reading and writing the "
+          "same N x C arrays once (x.max(axis=1) per array read, np.multiply/np.subtract with "
+          "out= when one is written;\n  thr Python threads; N x C buffers of 16 MiB and up); "
+          "ceiling = torch ms / floor ms, the most a kernel with cached stores\n  could get "
+          "against PyTorch here.")
     if not args.no_memory:
         print(f"memory: {MEMORY_METHOD}.")
 
     csv_path = Path(args.csv)
     written = csv_path
+    floors: Dict[Any, Dict[int, Timing]] = {}
     t_start = time.perf_counter()
     for mod_name, cases in selected:
         mod = dict(modules)[mod_name]
@@ -625,7 +680,7 @@ def main(module_names: Sequence[str], argv: Optional[Sequence[str]] = None) -> i
                 rows: List[Dict[str, Any]] = []
                 for case in cases:
                     cm = mem.get("cases", {}).get(case.name, {})
-                    for m in _time_case(case, shape, dtype, threads, policy, args):
+                    for m in _time_case(case, shape, dtype, threads, policy, args, floors):
                         print(_table_row(m, copy_bw), flush=True)
                         rows.append(_csv_row(m, env, mod_name, copy_bw, cm))
                     if cm:
@@ -646,8 +701,9 @@ def main(module_names: Sequence[str], argv: Optional[Sequence[str]] = None) -> i
 
 
 def _time_case(case: Case, shape: Shape, dtype, threads: Sequence[int], policy: TimingPolicy,
-               args: argparse.Namespace):
-    """Yield one dict of measurements (seconds) per thread count."""
+               args: argparse.Namespace, floors: Dict[Any, Dict[int, Timing]]):
+    """Yield one dict of measurements (seconds) per thread count; ``floors``
+    keeps the floor timings of the shape for the next case."""
     torch = _torch()
     n, c = shape
     inputs = case.make_inputs(shape, dtype, np.random.default_rng(args.seed))
@@ -658,10 +714,21 @@ def _time_case(case: Case, shape: Shape, dtype, threads: Sequence[int], policy: 
         numpy_t = time_call(lambda: case.numpy_fn(inputs), policy)
     out_buf = (np.zeros(shape, dtype) if case.kdtemp_out_fn is not None
                and not args.quick else None)  # out= timing: full runs only
+    io = (case.bytes_moved.reads, case.bytes_moved.writes)
+    key = (shape, np.dtype(dtype), io)
+    if n * c * np.dtype(dtype).itemsize < FLOOR_MIN_BYTES:
+        floors[key] = dict.fromkeys(threads)
+    elif key not in floors:
+        if any(k[:2] != (shape, np.dtype(dtype)) for k in floors):
+            floors.clear()  # the timings of one shape at a time
+        op = floor_ops(shape, dtype, io)
+        floors[key] = {thr: floor_time(op, n, thr, policy) for thr in threads}
+        del op
     for thr in threads:
         m: Dict[str, Any] = dict(case=case.name, shape=shape, dtype=np.dtype(dtype), threads=thr,
                                  bytes_moved=case.bytes_moved(shape, dtype),
                                  numpy=numpy_t, kdtemp=None, torch=None, out=None,
+                                 floor=floors[key][thr], floor_io=io,
                                  numpy_status="" if twin else (
                                      "skipped" if case.numpy_fn is not None else "-"),
                                  )
@@ -691,7 +758,8 @@ def _table_row(m: Dict[str, Any], copy_bw: Dict[int, float]) -> str:
     return _line(TIME_COLS, [
         m["case"], f"{n}x{c}", m["dtype"].name, m["threads"], _ms(k_ms), _ms(_med_ms(m["out"])),
         _ms(t_ms), _ms(np_ms) if np_ms else m["numpy_status"], _ratio(t_ms, k_ms),
-        _ratio(np_ms, k_ms), f"{gbps:.2f}", f"{100 * gbps / copy_bw[m['threads']]:.1f}"])
+        _ratio(np_ms, k_ms), f"{gbps:.2f}", f"{100 * gbps / copy_bw[m['threads']]:.1f}",
+        _ms(_med_ms(m["floor"])), _ratio(t_ms, _med_ms(m["floor"]))])
 
 
 def _csv_row(m: Dict[str, Any], env: Dict[str, Any], module: str, copy_bw: Dict[int, float],
@@ -720,7 +788,11 @@ def _csv_row(m: Dict[str, Any], env: Dict[str, Any], module: str, copy_bw: Dict[
         kdtemp_out_peak_mb=_mb(cm.get("kdtemp_out"), ".6g") if cm else "",
         torch_peak_mb=_mb(cm.get("torch"), ".6g") if cm else "",
         nc_buffer_mb=f"{n * c * m['dtype'].itemsize / 1e6:.6g}",
-        memory_method=MEMORY_METHOD if cm else "", copy_method=COPY_METHOD)
+        memory_method=MEMORY_METHOD if cm else "", copy_method=COPY_METHOD,
+        floor_ms=num(m["floor"], "median"), floor_io="{}/{}".format(*m["floor_io"]),
+        torch_over_floor=(f"{m['torch'].median / m['floor'].median:.4g}"
+                          if m["torch"] and m["floor"] else ""),
+        floor_method=FLOOR_METHOD if m["floor"] else "")
 
 
 def _memory_check_line(mem: Dict[str, Any], shape: Shape, dtype) -> str:

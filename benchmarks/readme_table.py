@@ -35,14 +35,17 @@ def _ratio(a: str, b: str) -> str:
 
 def table(rows) -> str:
     head = ("| case | N x C | threads | kdtemp ms | PyTorch ms | vs PyTorch | vs NumPy "
-            "| GB/s | % of copy | kdtemp peak (x NC) | PyTorch peak (x NC) |")
-    out = [head, "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+            "| GB/s | % of copy | floor ms | ceiling | kdtemp peak (x NC) "
+            "| PyTorch peak (x NC) |")
+    out = [head, "| --- | --- | --- |" + " ---: |" * 10]
     for r in rows:
         vs_np = f"{float(r['speedup_vs_numpy']):.1f}x" if r["speedup_vs_numpy"] else "skipped"
         out.append(
             f"| {r['case']} | {r['n']}x{r['c']} | {r['threads']} | {_f(r['kdtemp_ms'], '.3g')} "
             f"| {_f(r['torch_ms'], '.3g')} | {float(r['speedup_vs_torch']):.1f}x | {vs_np} "
             f"| {_f(r['kdtemp_gbps'], '.2f')} | {100 * float(r['bw_fraction']):.0f} "
+            f"| {_f(r.get('floor_ms'), '.3g')} "
+            f"| {_f(r.get('torch_over_floor'), '.3g')}{'x' if r.get('torch_over_floor') else ''} "
             f"| {_ratio(r['kdtemp_peak_mb'], r['nc_buffer_mb'])} "
             f"| {_ratio(r['torch_peak_mb'], r['nc_buffer_mb'])} |")
     return "\n".join(out)
