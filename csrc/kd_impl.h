@@ -1395,8 +1395,14 @@ int NAME(kd_row_stats)(int64_t n_rows, int64_t n_cols, const FT *x, int64_t x_st
             ACC_MUL(&accH, e, VSEL(e > zero, b, zero));
         }
         const double s = ACC_SUM(accS), h = ACC_SUM(accH);
+        /* the first maximum, as numpy.argmax: whole vectors up to the one
+         * that holds it, then elements (an element at a time, this scan of
+         * half a row on average cost 1/7 of the call: 111-117 -> 96-97 ms at
+         * 2048 x 32000, 141-143 -> 121 ms at 512 x 151936, one thread) */
         int64_t am = 0;
-        while (am < C - 1 && xi[am] != m) /* the first maximum, as numpy.argmax */
+        for (; am + VL <= C && !VANY(VLOAD(xi + am) == m); am += VL)
+            ;
+        while (am < C - 1 && xi[am] != m)
             am++;
         double mean, sd;
         int64_t n_fin;

@@ -113,6 +113,29 @@ def test_row_stats_without_labels(which):
     assert r.count == 5
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_argmax_at_every_column(dtype):
+    """The first maximum wherever it falls against the builds' vector widths
+    (4 to 16 lanes, the argmax scan goes a vector at a time), with a tie
+    later in the row, in a vector of its own or in the same one."""
+    import os
+    import sys
+    sys.path.insert(0, os.path.dirname(__file__))
+    from isa_builds import each_build
+
+    C = 53
+    x = np.tile(np.linspace(-3.0, -1.0, C, dtype=dtype), (2 * C, 1))
+    for j in range(C):
+        x[j, j] = x[C + j, j] = 5.0
+        x[j, min(C - 1, j + 17)] = 5.0   # a tie in a later vector
+        x[C + j, min(C - 1, j + 1)] = 5.0  # a tie next to it
+    want = np.argmax(x, axis=1)
+    assert (want == np.tile(np.arange(C), 2)).all()
+    got = each_build(lambda: kdtemp.row_stats(x).argmax)
+    for isa, am in got.items():
+        np.testing.assert_array_equal(am, want, err_msg=isa)
+
+
 @pytest.mark.parametrize("which", list(IMPLS))
 def test_argmax_ties_first_maximum(which):
     x = np.array([[1.0, 3.0, 3.0, 0.0],
