@@ -302,18 +302,21 @@ def copy_bandwidth(n_threads: int, nbytes: int = COPY_BYTES, repeats: int = 7) -
     """
     src = np.ones(nbytes // 8)
     dst = np.zeros_like(src)
-    if n_threads == 1:
-        def run() -> None:
-            np.copyto(dst, src)
-        seconds = time_call(run, TimingPolicy(repeats, repeats, 0.0, 60.0, repeats)).median
-    else:
-        bounds = np.linspace(0, src.size, n_threads + 1).astype(int)
-        slices = [slice(bounds[i], bounds[i + 1]) for i in range(n_threads)]
-        with ThreadPoolExecutor(n_threads) as pool:
-            def run() -> None:
-                list(pool.map(lambda s: np.copyto(dst[s], src[s]), slices))
-            seconds = time_call(run, TimingPolicy(repeats, repeats, 0.0, 60.0, repeats)).median
+    seconds = split_time(lambda s: np.copyto(dst[s], src[s]), src.size, n_threads,
+                         TimingPolicy(repeats, repeats, 0.0, 60.0, repeats)).median
     return 2 * nbytes / seconds / 1e9
+
+
+def split_time(op: Callable[[slice], Any], n_items: int, n_threads: int,
+               policy: TimingPolicy) -> Timing:
+    """``op`` over ``slice(0, n_items)``, cut into ``n_threads`` contiguous
+    slices run by as many Python threads (NumPy releases the GIL)."""
+    if n_threads == 1 or n_items < n_threads:
+        return time_call(lambda: op(slice(None)), policy)
+    bounds = np.linspace(0, n_items, n_threads + 1).astype(int)
+    slices = [slice(bounds[i], bounds[i + 1]) for i in range(n_threads)]
+    with ThreadPoolExecutor(n_threads) as pool:
+        return time_call(lambda: list(pool.map(op, slices)), policy)
 
 
 def torch_copy_bandwidth(n_threads: int, nbytes: int = COPY_BYTES, repeats: int = 7) -> float:
@@ -335,10 +338,6 @@ def torch_copy_bandwidth(n_threads: int, nbytes: int = COPY_BYTES, repeats: int 
         torch.set_num_threads(prev)
     return 2 * nbytes / seconds / 1e9
 
-
-# ----------------------------------------------------------------------------
-# Memory (run in a subprocess: ``python common.py --memory-worker SPEC``)
-# ----------------------------------------------------------------------------
 
 # ----------------------------------------------------------------------------
 # Floor: NumPy moving the same arrays
@@ -366,16 +365,10 @@ def floor_ops(shape: Shape, dtype, io: Tuple[int, int]) -> Callable[[slice], Any
     return ops[io]
 
 
-def floor_time(op: Callable[[slice], Any], n_rows: int, n_threads: int,
-               policy: TimingPolicy) -> Timing:
-    """``op`` over all rows, split over ``n_threads`` Python threads."""
-    if n_threads == 1 or n_rows < n_threads:
-        return time_call(lambda: op(slice(None)), policy)
-    bounds = np.linspace(0, n_rows, n_threads + 1).astype(int)
-    slices = [slice(bounds[i], bounds[i + 1]) for i in range(n_threads)]
-    with ThreadPoolExecutor(n_threads) as pool:
-        return time_call(lambda: list(pool.map(op, slices)), policy)
 
+# ----------------------------------------------------------------------------
+# Memory (run in a subprocess: ``python common.py --memory-worker SPEC``)
+# ----------------------------------------------------------------------------
 
 def _status_kb(key: str) -> int:
     with open("/proc/self/status") as f:
@@ -722,7 +715,7 @@ def _time_case(case: Case, shape: Shape, dtype, threads: Sequence[int], policy: 
         if any(k[:2] != (shape, np.dtype(dtype)) for k in floors):
             floors.clear()  # the timings of one shape at a time
         op = floor_ops(shape, dtype, io)
-        floors[key] = {thr: floor_time(op, n, thr, policy) for thr in threads}
+        floors[key] = {thr: split_time(op, n, thr, policy) for thr in threads}
         del op
     for thr in threads:
         m: Dict[str, Any] = dict(case=case.name, shape=shape, dtype=np.dtype(dtype), threads=thr,

@@ -4,6 +4,9 @@ twins (``kdtemp.reference.diagnostics``), and both against PyTorch or against
 kdtemp's own losses called once per temperature."""
 from __future__ import annotations
 
+import os
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +14,9 @@ import torch.nn.functional as F
 
 import kdtemp
 from kdtemp.reference import diagnostics as twin
+
+sys.path.insert(0, os.path.dirname(__file__))
+from isa_builds import each_build  # noqa: E402
 
 FLOAT_STATS = ("max_logit", "sharpness", "mean", "std", "entropy", "top1_prob", "ce")
 PROFILE_COLUMNS = ("kd_loss", "grad_norm", "teacher_entropy", "student_entropy",
@@ -118,11 +124,6 @@ def test_argmax_at_every_column(dtype):
     """The first maximum wherever it falls against the builds' vector widths
     (4 to 16 lanes, the argmax scan goes a vector at a time), with a tie
     later in the row, in a vector of its own or in the same one."""
-    import os
-    import sys
-    sys.path.insert(0, os.path.dirname(__file__))
-    from isa_builds import each_build
-
     C = 53
     x = np.tile(np.linspace(-3.0, -1.0, C, dtype=dtype), (2 * C, 1))
     for j in range(C):
