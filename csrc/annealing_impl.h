@@ -56,7 +56,10 @@ int NAME(kd_mse)(int64_t n_rows, int64_t n_cols, const FT *student, int64_t stud
                          kd_spans_overlap(grad, grad_stride, teacher, teacher_stride, n_rows,
                                           C, sizeof(FT)));
     if (prepass) {
-#pragma omp parallel for schedule(static) num_threads(n_threads) if (par)
+        kd_team team = kd_team_start(C);
+#pragma omp parallel num_threads(n_threads) if (par)
+        {
+#pragma omp for schedule(guided, team.chunk) nowait
         for (int64_t i = 0; i < n_rows; i++) {
             if (!kd_row_counts(rows, i))
                 continue;
@@ -64,13 +67,18 @@ int NAME(kd_mse)(int64_t n_rows, int64_t n_cols, const FT *student, int64_t stud
                                        teacher + i * teacher_stride, C);
             KD_RECORD_ERROR(code, i, bad_code, bad_row);
         }
+        kd_team_finish(&team);
+        }
         if (bad_code != KD_OK) {
             status->row = bad_row;
             return status->code = bad_code;
         }
     }
     const FT phif = (FT)phi, two_w = (FT)(2.0 * grad_scale);
-#pragma omp parallel for schedule(static) num_threads(n_threads) if (par)
+    kd_team team = kd_team_start(C);
+#pragma omp parallel num_threads(n_threads) if (par)
+    {
+#pragma omp for schedule(guided, team.chunk) nowait
     for (int64_t i = 0; i < n_rows; i++) {
         FT *g = grad ? grad + i * grad_stride : NULL;
         if (!kd_row_counts(rows, i)) {
@@ -109,6 +117,8 @@ int NAME(kd_mse)(int64_t n_rows, int64_t n_cols, const FT *student, int64_t stud
             int code = NAME(row_check)(z, v, C);
             KD_RECORD_ERROR(code, i, bad_code, bad_row);
         }
+    }
+    kd_team_finish(&team);
     }
     if (bad_code != KD_OK) {
         status->row = bad_row;

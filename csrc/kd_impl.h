@@ -842,7 +842,10 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
         maxes = (FT *)malloc(sizeof(FT) * 2 * (size_t)n_rows);
         if (!maxes)
             return status->code = KD_ERR_ARGUMENT;
-#pragma omp parallel for schedule(static) num_threads(n_threads) if (par)
+        kd_team team = kd_team_start(C);
+#pragma omp parallel num_threads(n_threads) if (par)
+        {
+#pragma omp for schedule(guided, team.chunk) nowait
         for (int64_t i = 0; i < n_rows; i++) {
             maxes[2 * i] = maxes[2 * i + 1] = 0;
             if (!kd_row_counts(rows, i))
@@ -850,6 +853,8 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
             int code = NAME(check_kd_row)(student, student_stride, teacher, teacher_stride, C,
                                           rows, p, needs_labels, use_kd, i, &maxes[2 * i]);
             KD_RECORD_ERROR(code, i, bad_code, bad_row);
+        }
+        kd_team_finish(&team);
         }
         if (bad_code != KD_OK) {
             free(maxes);
@@ -880,15 +885,16 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
      * their own */
     const int rev_closed_div = p->divergence == KD_DIV_REVERSE_KL ||
                                p->divergence == KD_DIV_SYMMETRIC_KL;
-    /* Forward KL alone takes its rows' logs after the rows, four at a time:
-     * a libm log per row costs a tenth of a 4096 x 100 call. A row leaves
+    /* Forward KL alone takes its rows' logs after each group of
+     * KD_ROW_GROUP rows, four in one kd_log_v4d: a libm log per row costs a
+     * tenth of a 4096 x 100 call. A row leaves
      * A / sT in row_loss, sS / sT in kl_ratio and its weight in kl_weight.
      * Where the loss is needed in the row (ATKD's gradient through tS, KL +
      * CE) the row takes kd_log_f64 itself: the same bits. */
     const int kl_defer = use_kd && !use_ce && p->divergence == KD_DIV_KL &&
                          !(grad && atkd_through_t);
-    double *kl_ratio = kl_defer ? (double *)malloc(sizeof(double) * 2 * (size_t)n_rows) : NULL;
-    double *kl_weight = kl_ratio ? kl_ratio + n_rows : NULL;
+    const int64_t group = kl_defer ? KD_ROW_GROUP : 1;
+    kd_team team = kd_team_start(C * group);
 
 #pragma omp parallel num_threads(n_threads) if (par)
     {
@@ -899,15 +905,18 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
     double *hcache = cache_div && !rev_closed_div
                          ? (double *)malloc(sizeof(double) * (size_t)(C + VL))
                          : NULL;
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < n_rows; i++) {
+    /* a group's logs are taken by the thread that computed its rows: no
+     * barrier between (see kd_team for the schedule) */
+#pragma omp for schedule(guided, team.chunk) nowait
+    for (int64_t i0 = 0; i0 < n_rows; i0 += group) {
+    const int64_t i_end = n_rows - i0 < group ? n_rows : i0 + group;
+    /* a row that leaves none has loss 0 */
+    _Static_assert(KD_ROW_GROUP == 4, "the logs of a group are one kd_log_v4d");
+    double kl_ratio[KD_ROW_GROUP] = {1.0, 1.0, 1.0, 1.0}, kl_weight[KD_ROW_GROUP] = {0};
+    for (int64_t i = i0; i < i_end; i++) {
         FT *g = grad ? grad + i * grad_stride : NULL;
         if (!kd_row_counts(rows, i)) {
             row_loss[i] = 0.0;
-            if (kl_ratio) {
-                kl_ratio[i] = 1.0;
-                kl_weight[i] = 0.0;
-            }
             if (g)
                 memset(g, 0, sizeof(FT) * (size_t)C);
             if (student_t_out)
@@ -925,6 +934,7 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
                                           rows, p, needs_labels, use_kd, i, mzv);
             if (code != KD_OK) {
                 KD_RECORD_ERROR(code, i, bad_code, bad_row);
+                row_loss[i] = 0.0;
                 continue;
             }
         }
@@ -1010,8 +1020,8 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
                                   cached || div_cached ? scratch : NULL, nz, nv, ng);
             if (p->divergence == KD_DIV_KL) {
                 D = A / sT;
-                if (kl_ratio)
-                    kl_ratio[i] = sS / sT;
+                if (kl_defer)
+                    kl_ratio[i - i0] = sS / sT;
                 else
                     D += kd_log_f64(sS / sT); /* one log per row */
             } else if (dkd) {
@@ -1055,15 +1065,15 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
                                    div_cached ? g : NULL, div_cached ? scratch : NULL,
                                    h_cached ? hcache : NULL, &D, &Q);
             }
-            if (!kl_ratio)
+            if (!kl_defer)
                 D = D > 0 ? D : 0; /* every divergence is >= 0; drop rounding */
         }
 
         /* an unused term adds nothing, even where s or the temperatures of an
          * unchecked teacher are not finite */
-        if (kl_ratio) {
+        if (kl_defer) {
             row_loss[i] = D;
-            kl_weight[i] = p->kd_weight * s;
+            kl_weight[i - i0] = p->kd_weight * s;
         } else {
             row_loss[i] = (use_kd ? p->kd_weight * s * D : 0.0) +
                           (use_ce ? p->ce_weight * ce : 0.0);
@@ -1202,26 +1212,21 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
         if (use_ce)
             g[y] -= (FT)(c1 * (1 - eps));
     }
-    if (kl_ratio && bad_code == KD_OK) { /* (rows after an error hold no ratio) */
-#pragma omp for schedule(static)
-        for (int64_t i0 = 0; i0 < n_rows; i0 += 4) {
-            kd_v4d r = {1.0, 1.0, 1.0, 1.0};
-            const int n4 = n_rows - i0 < 4 ? (int)(n_rows - i0) : 4;
-            for (int k = 0; k < n4; k++)
-                r[k] = kl_ratio[i0 + k];
-            const kd_v4d lr = kd_log_v4d(r);
-            for (int k = 0; k < n4; k++) {
-                double D = row_loss[i0 + k] + lr[k];
-                D = D > 0 ? D : 0;
-                row_loss[i0 + k] = kl_weight[i0 + k] * D + 0.0;
-            }
+    if (kl_defer) {
+        kd_v4d r = {kl_ratio[0], kl_ratio[1], kl_ratio[2], kl_ratio[3]};
+        const kd_v4d lr = kd_log_v4d(r);
+        for (int64_t i = i0; i < i_end; i++) {
+            double D = row_loss[i] + lr[i - i0];
+            D = D > 0 ? D : 0;
+            row_loss[i] = kl_weight[i - i0] * D + 0.0;
         }
     }
+    }
+    kd_team_finish(&team);
     free(scratch);
     free(hcache);
     }
     free(maxes);
-    free(kl_ratio);
     if (bad_code != KD_OK) {
         status->row = bad_row;
         return status->code = bad_code;
@@ -1250,12 +1255,17 @@ int NAME(kd_softmax)(int64_t n_rows, int64_t n_cols, const FT *x, int64_t x_stri
         maxes = (FT *)malloc(sizeof(FT) * (size_t)n_rows);
         if (!maxes)
             return status->code = KD_ERR_ARGUMENT;
-#pragma omp parallel for schedule(static) num_threads(n_threads) if (par)
+        kd_team team = kd_team_start(C);
+#pragma omp parallel num_threads(n_threads) if (par)
+        {
+#pragma omp for schedule(guided, team.chunk) nowait
         for (int64_t i = 0; i < n_rows; i++) {
             int code = NAME(check_row)(x + i * x_stride, C, check_finite,
                                        KD_ERR_NONFINITE_STUDENT, KD_ERR_ALLINF_STUDENT,
                                        &maxes[i]);
             KD_RECORD_ERROR(code, i, bad_code, bad_row);
+        }
+        kd_team_finish(&team);
         }
         if (bad_code != KD_OK) {
             free(maxes);
@@ -1264,7 +1274,10 @@ int NAME(kd_softmax)(int64_t n_rows, int64_t n_cols, const FT *x, int64_t x_stri
         }
     }
 
-#pragma omp parallel for schedule(static) num_threads(n_threads) if (par)
+    kd_team team = kd_team_start(C);
+#pragma omp parallel num_threads(n_threads) if (par)
+    {
+#pragma omp for schedule(guided, team.chunk) nowait
     for (int64_t i = 0; i < n_rows; i++) {
         const FT *xi = x + i * x_stride;
         FT *o = out + i * out_stride;
@@ -1300,6 +1313,8 @@ int NAME(kd_softmax)(int64_t n_rows, int64_t n_cols, const FT *x, int64_t x_stri
                 o[j] *= inv_se;
         }
     }
+    kd_team_finish(&team);
+    }
     free(maxes);
     if (bad_code != KD_OK) {
         status->row = bad_row;
@@ -1320,7 +1335,10 @@ int NAME(kd_lse)(int64_t n_rows, int64_t n_cols, const FT *x, int64_t x_stride,
     const int par = kd_parallel(n_threads, n_rows, C);
     int64_t bad_row = INT64_MAX;
     int bad_code = KD_OK;
-#pragma omp parallel for schedule(static) num_threads(n_threads) if (par)
+    kd_team team = kd_team_start(C);
+#pragma omp parallel num_threads(n_threads) if (par)
+    {
+#pragma omp for schedule(guided, team.chunk) nowait
     for (int64_t i = 0; i < n_rows; i++) {
         const FT *xi = x + i * x_stride;
         FT m;
@@ -1334,6 +1352,8 @@ int NAME(kd_lse)(int64_t n_rows, int64_t n_cols, const FT *x, int64_t x_stride,
         out[i] = (double)m / tt +
                  log(NAME(row_sumexp)(xi, C, m, inv_t,
                                       NAME(next_row)(xi, x_stride, i, n_rows, C, 1)));
+    }
+    kd_team_finish(&team);
     }
     if (bad_code != KD_OK) {
         status->row = bad_row;
@@ -1356,7 +1376,10 @@ int NAME(kd_row_stats)(int64_t n_rows, int64_t n_cols, const FT *x, int64_t x_st
     const int par = kd_parallel(n_threads, n_rows, C);
     int64_t bad_row = INT64_MAX;
     int bad_code = KD_OK;
-#pragma omp parallel for schedule(static) num_threads(n_threads) if (par)
+    kd_team team = kd_team_start(C);
+#pragma omp parallel num_threads(n_threads) if (par)
+    {
+#pragma omp for schedule(guided, team.chunk) nowait
     for (int64_t i = 0; i < n_rows; i++) {
         const FT *xi = x + i * x_stride;
         if (!kd_row_counts(rows, i)) {
@@ -1423,6 +1446,8 @@ int NAME(kd_row_stats)(int64_t n_rows, int64_t n_cols, const FT *x, int64_t x_st
             o->correct[i] = 0;
         }
     }
+    kd_team_finish(&team);
+    }
     if (bad_code != KD_OK) {
         status->row = bad_row;
         return status->code = bad_code;
@@ -1485,7 +1510,10 @@ int NAME(kd_profile)(int64_t n_rows, int64_t n_cols, const FT *student,
     const int par = kd_parallel(n_threads, n_rows, C * (n_temps > 0 ? n_temps : 1));
     int64_t bad_row = INT64_MAX;
     int bad_code = KD_OK;
-#pragma omp parallel for schedule(static) num_threads(n_threads) if (par)
+    kd_team team = kd_team_start(C * (n_temps > 0 ? n_temps : 1));
+#pragma omp parallel num_threads(n_threads) if (par)
+    {
+#pragma omp for schedule(guided, team.chunk) nowait
     for (int64_t i = 0; i < n_rows; i++) {
         double *ro = row_out + i * n_temps * KD_PROFILE_FIELDS;
         if (!kd_row_counts(rows, i)) {
@@ -1510,6 +1538,8 @@ int NAME(kd_profile)(int64_t n_rows, int64_t n_cols, const FT *student,
         for (int64_t k = 0; k < n_temps; k++)
             NAME(row_profile)(z, v, C, mz, mv, temperatures[k], ro + k * KD_PROFILE_FIELDS,
                               k == 0 ? nz : NULL, k == 0 ? nv : NULL);
+    }
+    kd_team_finish(&team);
     }
     if (bad_code != KD_OK) {
         status->row = bad_row;
@@ -1549,7 +1579,10 @@ int NAME(kd_ce_pair)(int64_t n_rows, int64_t student_cols, const FT *student,
     int64_t bad_row[3] = {INT64_MAX, INT64_MAX, INT64_MAX};
     int bad_code[3] = {KD_OK, KD_OK, KD_OK};
 
-#pragma omp parallel for schedule(static) num_threads(n_threads) if (par)
+    kd_team team = kd_team_start(student_cols + teacher_cols);
+#pragma omp parallel num_threads(n_threads) if (par)
+    {
+#pragma omp for schedule(guided, team.chunk) nowait
     for (int64_t i = 0; i < n_rows; i++) {
         row_ce[2 * i] = row_ce[2 * i + 1] = 0.0;
         if (!kd_row_counts(rows, i))
@@ -1574,6 +1607,8 @@ int NAME(kd_ce_pair)(int64_t n_rows, int64_t student_cols, const FT *student,
                              KD_ERR_ALLINF_TEACHER, &row_ce[2 * i + 1],
                              fits && i + 1 < n_rows ? zi + student_stride : NULL);
         KD_RECORD_ERROR(code, i, bad_code[2], bad_row[2]);
+    }
+    kd_team_finish(&team);
     }
     for (int k = 0; k < 3; k++)
         if (bad_code[k] != KD_OK) {

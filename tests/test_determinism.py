@@ -55,6 +55,29 @@ def test_kd_loss_thread_count_is_bitwise_invisible(divergence, dtype, shape, red
         assert first.count == other.count
 
 
+@pytest.mark.parametrize("shape", [(4099, 37), (1027, 100), (129, 1001)],
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("reduction", ["batchmean", "none"])
+def test_forward_kl_alone_thread_count_is_bitwise_invisible(dtype, shape, reduction,
+                                                            ckd, ref):
+    """Forward KL without CE takes its rows' logs per group of four rows,
+    rows handed out to threads in chunks: a row count that is no multiple of
+    four, with masked rows, many short rows (many chunks), and the per-row
+    losses still those of the NumPy twin (a log applied to the wrong row of
+    a group would not be)."""
+    student, teacher, _, t = _inputs(shape, dtype, seed=5)
+    mask = np.arange(shape[0]) % 5 != 3
+    kw = dict(temperature=t, mask=mask, reduction=reduction)
+    first = ckd.kd_loss(student, teacher, n_threads=1, **kw)
+    for n in THREADS[1:]:
+        other = ckd.kd_loss(student, teacher, n_threads=n, **kw)
+        assert _same(first.loss, other.loss), f"loss differs at n_threads={n}"
+        assert _same(first.grad, other.grad), f"grad differs at n_threads={n}"
+    want = ref.kd_loss(student.astype(np.float64), teacher.astype(np.float64), **kw)
+    rtol = 1e-4 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(first.loss, want.loss, rtol=rtol, atol=rtol)
+
+
 def test_ce_loss_thread_count_is_bitwise_invisible(dtype, ckd):
     student, _, labels, _ = _inputs((129, 1001), dtype, seed=1, neginf=False)
     mask = np.arange(129) % 5 != 0
