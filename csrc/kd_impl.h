@@ -281,22 +281,97 @@ static void NAME(row_kl_rev_sums)(const FT *z, const FT *v, int64_t C, FT mz, FT
 /* Row statistics of the hard-label term at temperature 1: the partition sum
  * and, for label smoothing, sum_j z_j; with e != NULL, exp(z_j - mz) is kept
  * there for the gradient. */
+/* x_0 .. x_{n-1} added into the KD_LANES lanes zs, x_j into lane j % KD_LANES
+ * (a row's pieces give the row's bits when each starts at a multiple of
+ * KD_LANES) */
+static void NAME(add_lanes)(double *zs, const FT *x, int64_t n)
+{
+    int64_t j = 0;
+    for (; j + KD_LANES <= n; j += KD_LANES)
+        for (int k = 0; k < KD_LANES; k++)
+            zs[k] += (double)x[j + k];
+    for (int k = 0; j < n; j++, k++)
+        zs[k] += (double)x[j];
+}
+
 static void NAME(row_ce_sums)(const FT *z, int64_t C, FT mz, int want_sum,
                               double *s1_out, double *zsum_out, FT *e, const FT *next,
                               const FT *next_e)
 {
     double zs[KD_LANES] = {0};
-    if (want_sum) {
-        int64_t j = 0;
-        for (; j + KD_LANES <= C; j += KD_LANES)
-            for (int k = 0; k < KD_LANES; k++)
-                zs[k] += (double)z[j + k];
-        for (int k = 0; j < C; j++, k++)
-            zs[k] += (double)z[j];
-    }
+    if (want_sum)
+        NAME(add_lanes)(zs, z, C);
     *zsum_out = kd_sum_lanes(zs);
     /* last: with e == z it overwrites the logits */
     *s1_out = NAME(row_sumexp_store)(z, C, mz, (FT)1, e, next, next_e);
+}
+
+/* The partition sum of a long row, sum_j exp((x_j - M) inv_t) with M the
+ * row max, reading the row from memory once: block by block of
+ * KD_SUM_BLOCK elements, the block's max m_b (from memory; the block then
+ * stays in L1) and then e_j = exp((x_j - m_b) inv_t) and their sum s_b
+ * (from L1, the next block prefetched under these exps); e_j is stored in
+ * e unless e is NULL, and with want_sum sum_j x_j is taken as row_ce_sums
+ * takes it (the same lanes). A max pass of its own reads a long row once
+ * more, from L2 or L3: CE at 512 x 151936 spent a quarter of its time
+ * there. The sum is sum_b f_b s_b, f_b = exp((m_b - M) inv_t), and fb[b]
+ * is left holding f_b, the factor of block b's e in a later pass; fb holds
+ * 2 * ceil(C / KD_SUM_BLOCK) doubles (NAME(blocks_buffer)). next (NULL:
+ * none) is prefetched from the last block. Returns what check_row would
+ * for the row. */
+#define KD_SUM_BLOCK (16384 / (int64_t)sizeof(FT))
+static int NAME(row_sumexp_blocks)(const FT *x, int64_t C, FT inv_t, int check_finite,
+                                   int err_nonfinite, int err_allinf, int want_sum, FT *e,
+                                   double *fb, const FT *next, FT *m_out, double *s_out,
+                                   double *xsum_out)
+{
+    double xs[KD_LANES] = {0};
+    FT M = -INFINITY;
+    int nonfinite = 0;
+    int64_t nb = 0;
+    for (int64_t b0 = 0; b0 < C; b0 += KD_SUM_BLOCK, nb++) {
+        const int64_t n = C - b0 < KD_SUM_BLOCK ? C - b0 : KD_SUM_BLOCK;
+        const FT *xb = x + b0;
+        int nf;
+        const FT mb = NAME(row_max)(xb, n, &nf);
+        nonfinite |= nf;
+        double sb = 0;
+        if (mb != -INFINITY) /* (an all -inf block has exps 0, not exp(-inf + inf)) */
+            sb = NAME(row_sumexp_store)(xb, n, mb, inv_t, e ? e + b0 : NULL,
+                                        b0 + KD_SUM_BLOCK < C ? xb + KD_SUM_BLOCK : next, NULL);
+        else if (e)
+            memset(e + b0, 0, sizeof(FT) * (size_t)n);
+        if (want_sum) /* (blocks start at multiples of KD_LANES) */
+            NAME(add_lanes)(xs, xb, n);
+        fb[2 * nb] = (double)mb;
+        fb[2 * nb + 1] = sb;
+        M = mb > M ? mb : M;
+    }
+    *m_out = M;
+    if (xsum_out)
+        *xsum_out = kd_sum_lanes(xs);
+    if (check_finite && nonfinite)
+        return err_nonfinite;
+    if (M == -INFINITY)
+        return err_allinf;
+    double s = 0;
+    for (int64_t b = 0; b < nb; b++) {
+        const double f =
+            fb[2 * b] == -INFINITY ? 0.0 : exp((fb[2 * b] - (double)M) * (double)inv_t);
+        s += f * fb[2 * b + 1];
+        fb[b] = f; /* (b <= 2 b: read before written) */
+    }
+    *s_out = s;
+    return KD_OK;
+}
+
+/* row_sumexp_blocks' buffer for rows of C elements (NULL for rows of less
+ * than two blocks, which take a max pass of their own, or out of memory) */
+static double *NAME(blocks_buffer)(int64_t C)
+{
+    if (C < 2 * KD_SUM_BLOCK)
+        return NULL;
+    return (double *)malloc(sizeof(double) * 2 * (size_t)((C + KD_SUM_BLOCK - 1) / KD_SUM_BLOCK));
 }
 
 /* exp(x) for the VL elements from column j: kept from the sums pass in c,
@@ -894,6 +969,9 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
     const int kl_defer = use_kd && !use_ce && p->divergence == KD_DIV_KL &&
                          !(grad && atkd_through_t);
     const int64_t group = kl_defer ? KD_ROW_GROUP : 1;
+    /* CE alone on long rows checks and reads each row in row_sumexp_blocks
+     * (not in place: there the rows are checked before anything is written) */
+    const int ce_blocks = use_ce && !use_kd && !prepass;
     kd_team team = kd_team_start(C * group);
 
 #pragma omp parallel num_threads(n_threads) if (par)
@@ -905,6 +983,8 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
     double *hcache = cache_div && !rev_closed_div
                          ? (double *)malloc(sizeof(double) * (size_t)(C + VL))
                          : NULL;
+    /* CE alone on rows of two blocks and more: the block factors */
+    double *ce_fb = ce_blocks ? NAME(blocks_buffer)(C) : NULL;
     /* a group's logs are taken by the thread that computed its rows: no
      * barrier between (see kd_team for the schedule) */
 #pragma omp for schedule(guided, team.chunk) nowait
@@ -925,10 +1005,26 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
                 teacher_t_out[i] = NAN;
             continue;
         }
-        FT mzv[2];
+        FT mzv[2] = {0, 0};
+        double blk_s1 = 0, blk_zsum = 0;
+        const int blk = ce_blocks && ce_fb;
         if (prepass) {
             mzv[0] = maxes[2 * i];
             mzv[1] = maxes[2 * i + 1];
+        } else if (blk) {
+            const int64_t y = rows->labels[i * rows->labels_stride];
+            const FT *zi = student + i * student_stride;
+            int code = y < 0 || y >= C ? KD_ERR_LABEL
+                       : NAME(row_sumexp_blocks)(
+                             zi, C, (FT)1, p->check_finite, KD_ERR_NONFINITE_STUDENT,
+                             KD_ERR_ALLINF_STUDENT, p->label_smoothing != 0.0, g, ce_fb,
+                             NAME(next_row)(zi, student_stride, i, n_rows, C, 2), &mzv[0],
+                             &blk_s1, &blk_zsum);
+            if (code != KD_OK) {
+                KD_RECORD_ERROR(code, i, bad_code, bad_row);
+                row_loss[i] = 0.0;
+                continue;
+            }
         } else {
             int code = NAME(check_kd_row)(student, student_stride, teacher, teacher_stride, C,
                                           rows, p, needs_labels, use_kd, i, mzv);
@@ -981,8 +1077,13 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
         if (use_ce) {
             double zsum;
             const double zy = (double)z[y]; /* before g (maybe z) is written */
-            NAME(row_ce_sums)(z, C, mz, eps != 0.0, &s1, &zsum, ce_cached ? g : NULL,
-                              use_kd ? NULL : nz, use_kd ? NULL : ng);
+            if (blk) {
+                s1 = blk_s1;
+                zsum = blk_zsum;
+            } else {
+                NAME(row_ce_sums)(z, C, mz, eps != 0.0, &s1, &zsum, ce_cached ? g : NULL,
+                                  use_kd ? NULL : nz, use_kd ? NULL : ng);
+            }
             double lse1 = (double)mz + log(s1);
             ce = lse1;
             if (eps != 1.0) /* (1 - eps) z_y is 0 * -inf at eps = 1 */
@@ -1094,7 +1195,18 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
          * formulas; the others' formulas are infinite there and give 0 */
         const int kd_inf = use_kd && D == INFINITY && p->divergence != KD_DIV_KL && !dkd;
         if (!use_kd || kd_inf) {
-            if (ce_cached) {
+            if (blk) {
+                /* block b's exps are relative to m_b: times exp(m_b - M) */
+                for (int64_t b0 = 0, b = 0; b0 < C; b0 += KD_SUM_BLOCK, b++) {
+                    const int64_t b1 = C - b0 < KD_SUM_BLOCK ? C : b0 + KD_SUM_BLOCK;
+                    const FT cb = (FT)(c1 / s1 * ce_fb[b]);
+                    int64_t j = b0;
+                    for (; j + VL <= b1; j += VL)
+                        VSTORE(g + j, cb * VLOAD(g + j) - c_eps);
+                    for (; j < b1; j++)
+                        g[j] = cb * g[j] - c_eps;
+                }
+            } else if (ce_cached) {
                 int64_t j = 0;
                 for (; j + VL <= C; j += VL)
                     VSTORE(g + j, cC * VLOAD(g + j) - c_eps);
@@ -1225,6 +1337,7 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
     kd_team_finish(&team);
     free(scratch);
     free(hcache);
+    free(ce_fb);
     }
     free(maxes);
     if (bad_code != KD_OK) {
@@ -1277,12 +1390,28 @@ int NAME(kd_softmax)(int64_t n_rows, int64_t n_cols, const FT *x, int64_t x_stri
     kd_team team = kd_team_start(C);
 #pragma omp parallel num_threads(n_threads) if (par)
     {
+    /* long rows are read once for their sums (row_sumexp_blocks); not in
+     * place, where the rows are checked before anything is written */
+    double *fb = prepass ? NULL : NAME(blocks_buffer)(C);
 #pragma omp for schedule(guided, team.chunk) nowait
     for (int64_t i = 0; i < n_rows; i++) {
         const FT *xi = x + i * x_stride;
         FT *o = out + i * out_stride;
+        const FT inv_t = NAME(inv_temp)(t.t[i * t.stride]);
+        const FT *next = NAME(next_row)(xi, x_stride, i, n_rows, C, 2);
+        const FT *next_o = NAME(next_row)(o, out_stride, i, n_rows, C, 2);
         FT m;
-        if (prepass) {
+        double se = 1;
+        if (fb) {
+            /* softmax: the exps of the blocks go to o, times f_b / se below */
+            int code = NAME(row_sumexp_blocks)(xi, C, inv_t, check_finite,
+                                               KD_ERR_NONFINITE_STUDENT, KD_ERR_ALLINF_STUDENT,
+                                               0, log_space ? NULL : o, fb, next, &m, &se, NULL);
+            if (code != KD_OK) {
+                KD_RECORD_ERROR(code, i, bad_code, bad_row);
+                continue;
+            }
+        } else if (prepass) {
             m = maxes[i];
         } else {
             int code = NAME(check_row)(xi, C, check_finite, KD_ERR_NONFINITE_STUDENT,
@@ -1292,16 +1421,25 @@ int NAME(kd_softmax)(int64_t n_rows, int64_t n_cols, const FT *x, int64_t x_stri
                 continue;
             }
         }
-        const FT inv_t = NAME(inv_temp)(t.t[i * t.stride]);
-        const FT *next = NAME(next_row)(xi, x_stride, i, n_rows, C, 2);
-        const FT *next_o = NAME(next_row)(o, out_stride, i, n_rows, C, 2);
         if (log_space) {
-            const FT lse = (FT)log(NAME(row_sumexp)(xi, C, m, inv_t, next));
+            if (!fb)
+                se = NAME(row_sumexp)(xi, C, m, inv_t, next);
+            const FT lse = (FT)log(se);
             int64_t j = 0;
             for (; j + VL <= C; j += VL)
                 VSTORE(o + j, (VLOAD(xi + j) - m) * inv_t - lse);
             for (; j < C; j++)
                 o[j] = (xi[j] - m) * inv_t - lse;
+        } else if (fb) {
+            for (int64_t b0 = 0, b = 0; b0 < C; b0 += KD_SUM_BLOCK, b++) {
+                const int64_t b1 = C - b0 < KD_SUM_BLOCK ? C : b0 + KD_SUM_BLOCK;
+                const FT cb = (FT)(fb[b] / se);
+                int64_t j = b0;
+                for (; j + VL <= b1; j += VL)
+                    VSTORE(o + j, VLOAD(o + j) * cb);
+                for (; j < b1; j++)
+                    o[j] *= cb;
+            }
         } else {
             /* the exps of the sum pass are kept in o and scaled */
             const FT inv_se =
@@ -1314,6 +1452,7 @@ int NAME(kd_softmax)(int64_t n_rows, int64_t n_cols, const FT *x, int64_t x_stri
         }
     }
     kd_team_finish(&team);
+    free(fb);
     }
     free(maxes);
     if (bad_code != KD_OK) {
@@ -1553,12 +1692,22 @@ int NAME(kd_profile)(int64_t n_rows, int64_t n_cols, const FT *student,
 /* One row's CE at t = 1 (as kd_forward's hard-label term: lse1 - z_y), or
  * the row's error code. */
 static int NAME(row_ce1)(const FT *x, int64_t C, int64_t y, int check_finite,
-                         int err_nonfinite, int err_allinf, double *ce, const FT *next)
+                         int err_nonfinite, int err_allinf, double *fb, double *ce,
+                         const FT *next)
 {
     FT m;
-    int code = NAME(check_row)(x, C, check_finite, err_nonfinite, err_allinf, &m);
+    double s = 1;
+    int code;
+    if (fb && C >= 2 * KD_SUM_BLOCK) {
+        code = NAME(row_sumexp_blocks)(x, C, (FT)1, check_finite, err_nonfinite, err_allinf, 0,
+                                       NULL, fb, next, &m, &s, NULL);
+    } else {
+        code = NAME(check_row)(x, C, check_finite, err_nonfinite, err_allinf, &m);
+        if (code == KD_OK)
+            s = NAME(row_sumexp)(x, C, m, (FT)1, next);
+    }
     if (code == KD_OK)
-        *ce = ((double)m + log(NAME(row_sumexp)(x, C, m, (FT)1, next))) - (double)x[y];
+        *ce = ((double)m + log(s)) - (double)x[y];
     return code;
 }
 
@@ -1582,6 +1731,8 @@ int NAME(kd_ce_pair)(int64_t n_rows, int64_t student_cols, const FT *student,
     kd_team team = kd_team_start(student_cols + teacher_cols);
 #pragma omp parallel num_threads(n_threads) if (par)
     {
+    /* long rows are read once each (row_sumexp_blocks) */
+    double *fb = NAME(blocks_buffer)(student_cols > teacher_cols ? student_cols : teacher_cols);
 #pragma omp for schedule(guided, team.chunk) nowait
     for (int64_t i = 0; i < n_rows; i++) {
         row_ce[2 * i] = row_ce[2 * i + 1] = 0.0;
@@ -1599,16 +1750,17 @@ int NAME(kd_ce_pair)(int64_t n_rows, int64_t student_cols, const FT *student,
         const int fits = (uint64_t)(student_cols + teacher_cols) * sizeof(FT) <=
                          (uint64_t)kd_prefetch_bytes();
         int code = NAME(row_ce1)(zi, student_cols, y, check_finite, KD_ERR_NONFINITE_STUDENT,
-                                 KD_ERR_ALLINF_STUDENT, &row_ce[2 * i], fits ? vi : NULL);
+                                 KD_ERR_ALLINF_STUDENT, fb, &row_ce[2 * i], fits ? vi : NULL);
         KD_RECORD_ERROR(code, i, bad_code[1], bad_row[1]);
         if (code != KD_OK)
             continue;
         code = NAME(row_ce1)(vi, teacher_cols, y, check_finite, KD_ERR_NONFINITE_TEACHER,
-                             KD_ERR_ALLINF_TEACHER, &row_ce[2 * i + 1],
+                             KD_ERR_ALLINF_TEACHER, fb, &row_ce[2 * i + 1],
                              fits && i + 1 < n_rows ? zi + student_stride : NULL);
         KD_RECORD_ERROR(code, i, bad_code[2], bad_row[2]);
     }
     kd_team_finish(&team);
+    free(fb);
     }
     for (int k = 0; k < 3; k++)
         if (bad_code[k] != KD_OK) {

@@ -156,6 +156,71 @@ def test_ce_empty_and_all_skipped(dtype, reduction, ckd, ref):
             assert type(r.loss) is float and r.loss == 0.0
 
 
+def _long_ce_rows(dtype, rng):
+    """Rows long enough for ce_loss's block path (16 KiB blocks: 4096 float32 or
+    2048 float64 logits; the last block partial), each built to catch one slip
+    in carrying the block maxima and sums to the row: the max in the first
+    block, in the partial last one, whole blocks masked (-inf), a block of
+    +1e4 beside blocks of -1e4 (their factor exp(m_b - M) underflows to 0),
+    and one finite logit in the row."""
+    C = 3 * 4096 + 5
+    z = rng.normal(0, 3, size=(6, C)).astype(dtype)
+    labels = rng.integers(8192, C, size=6)
+    z[0, 5] = 40.0
+    z[1, -2] = 40.0
+    z[2, :8192] = -np.inf
+    z[3, :4096] = rng.uniform(9000, 1e4, size=4096)
+    z[3, 4096:] = rng.uniform(-1e4, -9000, size=C - 4096)
+    labels[3] = 17
+    z[4] = -np.inf
+    z[4, 9000] = 1.5
+    labels[4] = 9000
+    return z, labels
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
+def test_ce_long_rows_in_blocks(request, dtype, label_smoothing, ckd, ref, torch_oracle,
+                                check):
+    rng = np.random.default_rng(_seed(request))
+    student, labels = _long_ce_rows(dtype, rng)
+    before = student.copy()
+    c, _, _ = compare_ce(ckd, ref, torch_oracle, check, student, labels,
+                         label_smoothing=label_smoothing, reduction="none")
+    assert np.array_equal(student, before, equal_nan=True)
+    masked = np.isneginf(student).any(axis=1)
+    assert np.array_equal(np.isposinf(c.loss), masked & (label_smoothing > 0))
+    assert np.isfinite(c.grad).all()
+    # row 3: the +1e4 block holds all the mass, the label's logit is there
+    assert c.grad[3, 4096:].max() <= 1e-30 + label_smoothing / student.shape[1]
+
+
+@pytest.mark.parametrize("where", ["nan_late", "posinf_late", "all_neginf", "label"])
+def test_ce_long_row_errors(dtype, where, ckd):
+    """The block path finds a bad value in any block, and reports the first bad
+    row whatever the threads."""
+    rng = np.random.default_rng(7)
+    student, labels = _long_ce_rows(dtype, rng)
+    student = np.concatenate([student] * 4)
+    labels = np.concatenate([labels] * 4)
+    bad = 9
+    if where == "nan_late":
+        student[bad, -3] = np.nan
+    elif where == "posinf_late":
+        student[bad, -4100] = np.inf
+    elif where == "all_neginf":
+        student[bad] = -np.inf
+    else:
+        labels[bad] = student.shape[1]
+    match = "labels" if where == "label" else "student"
+    for n in (1, 2):
+        with pytest.raises(ValueError, match=match) as info:
+            ckd.ce_loss(student, labels, n_threads=n)
+        assert f"row {bad}" in str(info.value) or where == "label"
+    if where in ("nan_late", "posinf_late"):  # not errors without the check
+        r = ckd.ce_loss(student, labels, check_finite=False, reduction="none")
+        assert r.grad.shape == student.shape
+
+
 # --------------------------------------------------------------------------------
 # softmax / log_softmax
 # --------------------------------------------------------------------------------
@@ -189,6 +254,26 @@ def compare_softmax(ckd, ref, torch_oracle, check, logits, temperature, log, wha
         np.testing.assert_allclose(got, expected, rtol=tol[0], atol=tol[1],
                                    err_msg=f"{name} {who} vs torch {what}")
     return c
+
+
+@pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
+def test_softmax_long_rows_in_blocks(request, dtype, log, ckd, ref, torch_oracle, check):
+    """The rows of test_ce_long_rows_in_blocks (block maxima carried to the row
+    through exp((m_b - M) / t)), at per-row temperatures, one of them below 1."""
+    rng = np.random.default_rng(_seed(request))
+    x, _ = _long_ce_rows(dtype, rng)
+    t = np.array([0.5, 2.0, 4.0, 1.0, 3.0, 7.0])
+    before = x.copy()
+    c = compare_softmax(ckd, ref, torch_oracle, check, x, t, log)
+    assert np.array_equal(x, before)
+    if not log:
+        np.testing.assert_allclose(c.sum(axis=1), 1.0,
+                                   rtol=1e-12 if dtype == np.float64 else 1e-5)
+    for bad, err in ((np.nan, "logits"), (np.inf, "logits")):
+        y = x.copy()
+        y[4, -7] = bad
+        with pytest.raises(ValueError, match=err):
+            getattr(ckd, "log_softmax" if log else "softmax")(y, t)
 
 
 @pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])

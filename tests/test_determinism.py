@@ -78,9 +78,11 @@ def test_forward_kl_alone_thread_count_is_bitwise_invisible(dtype, shape, reduct
     np.testing.assert_allclose(first.loss, want.loss, rtol=rtol, atol=rtol)
 
 
-def test_ce_loss_thread_count_is_bitwise_invisible(dtype, ckd):
-    student, _, labels, _ = _inputs((129, 1001), dtype, seed=1, neginf=False)
-    mask = np.arange(129) % 5 != 0
+@pytest.mark.parametrize("shape", [(129, 1001), (7, 20011)],  # the second in blocks
+                         ids=lambda s: "x".join(map(str, s)))
+def test_ce_loss_thread_count_is_bitwise_invisible(dtype, shape, ckd):
+    student, _, labels, _ = _inputs(shape, dtype, seed=1, neginf=False)
+    mask = np.arange(shape[0]) % 5 != 0
     results = [ckd.ce_loss(student, labels, mask=mask, label_smoothing=0.2, n_threads=n)
                for n in THREADS]
     for r in results[1:]:

@@ -574,6 +574,30 @@ def test_ce_pair_equals_two_ce_loss_calls(shape, dtype):
         assert got[1] == pytest.approx(twin[1], rel=tol, abs=1e-300)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_ce_pair_long_rows_in_blocks(dtype):
+    """Rows read block by block (16 KiB blocks): whole blocks -inf, the max in
+    the last partial block, a +1e4 block beside -1e4 ones; student and teacher
+    of different lengths."""
+    rng = np.random.default_rng(11)
+    student = (rng.normal(size=(4, 12293)) * 3).astype(dtype)
+    teacher = (rng.normal(size=(4, 9001)) * 3).astype(dtype)
+    student[0, :8192] = -np.inf
+    teacher[1, -1] = 60.0
+    student[2, :4096] = rng.uniform(9000, 1e4, size=4096)
+    student[2, 4096:] = rng.uniform(-1e4, -9000, size=12293 - 4096)
+    labels = np.array([8500, 8999, 100, 4000])
+    got = ce_pair(student, teacher, labels)
+    want = ref_ce_pair(student, teacher, labels)
+    tol = TOL[np.dtype(dtype)]
+    assert got[2] == want[2] == 4
+    assert got[0] == pytest.approx(want[0], rel=tol)
+    assert got[1] == pytest.approx(want[1], rel=tol)
+    student[3, -5] = np.nan
+    with pytest.raises(ValueError, match="student"):
+        ce_pair(student, teacher, labels)
+
+
 def test_ce_pair_token_shaped_and_strided():
     """(B, L, V) logits with (B, L) labels, and non-contiguous views, as ce_loss."""
     rng = np.random.default_rng(3)
