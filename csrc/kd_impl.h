@@ -311,7 +311,7 @@ static void NAME(row_ce_sums)(const FT *z, int64_t C, FT mz, int want_sum,
  * KD_SUM_BLOCK elements, the block's max m_b (from memory; the block then
  * stays in L1) and then e_j = exp((x_j - m_b) inv_t) and their sum s_b
  * (from L1, the next block prefetched under these exps); e_j is stored in
- * e unless e is NULL, and with want_sum sum_j x_j is taken as row_ce_sums
+ * e unless e is NULL (e may be x), and with want_sum sum_j x_j is taken as row_ce_sums
  * takes it (the same lanes). A max pass of its own reads a long row once
  * more, from L2 or L3: CE at 512 x 151936 spent a quarter of its time
  * there. The sum is sum_b f_b s_b, f_b = exp((m_b - M) inv_t), and fb[b]
@@ -335,14 +335,15 @@ static int NAME(row_sumexp_blocks)(const FT *x, int64_t C, FT inv_t, int check_f
         int nf;
         const FT mb = NAME(row_max)(xb, n, &nf);
         nonfinite |= nf;
+        if (want_sum) /* (blocks start at multiples of KD_LANES) */
+            NAME(add_lanes)(xs, xb, n);
+        /* last: e may be x */
         double sb = 0;
         if (mb != -INFINITY) /* (an all -inf block has exps 0, not exp(-inf + inf)) */
             sb = NAME(row_sumexp_store)(xb, n, mb, inv_t, e ? e + b0 : NULL,
                                         b0 + KD_SUM_BLOCK < C ? xb + KD_SUM_BLOCK : next, NULL);
         else if (e)
             memset(e + b0, 0, sizeof(FT) * (size_t)n);
-        if (want_sum) /* (blocks start at multiples of KD_LANES) */
-            NAME(add_lanes)(xs, xb, n);
         fb[2 * nb] = (double)mb;
         fb[2 * nb + 1] = sb;
         M = mb > M ? mb : M;
@@ -969,9 +970,9 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
     const int kl_defer = use_kd && !use_ce && p->divergence == KD_DIV_KL &&
                          !(grad && atkd_through_t);
     const int64_t group = kl_defer ? KD_ROW_GROUP : 1;
-    /* CE alone on long rows checks and reads each row in row_sumexp_blocks
-     * (not in place: there the rows are checked before anything is written) */
-    const int ce_blocks = use_ce && !use_kd && !prepass;
+    /* CE alone on long rows reads each row in row_sumexp_blocks (which also
+     * checks it where there was no prepass) */
+    const int ce_blocks = use_ce && !use_kd;
     kd_team team = kd_team_start(C * group);
 
 #pragma omp parallel num_threads(n_threads) if (par)
@@ -1006,14 +1007,13 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
             continue;
         }
         FT mzv[2] = {0, 0};
-        double blk_s1 = 0, blk_zsum = 0;
+        double blk_s1 = 0, blk_zsum = 0, blk_zy = 0;
         const int blk = ce_blocks && ce_fb;
-        if (prepass) {
-            mzv[0] = maxes[2 * i];
-            mzv[1] = maxes[2 * i + 1];
-        } else if (blk) {
+        if (blk) {
+            /* z_y and the exps (into g, which may be z) in this order */
             const int64_t y = rows->labels[i * rows->labels_stride];
             const FT *zi = student + i * student_stride;
+            blk_zy = y < 0 || y >= C ? 0.0 : (double)zi[y];
             int code = y < 0 || y >= C ? KD_ERR_LABEL
                        : NAME(row_sumexp_blocks)(
                              zi, C, (FT)1, p->check_finite, KD_ERR_NONFINITE_STUDENT,
@@ -1025,6 +1025,9 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
                 row_loss[i] = 0.0;
                 continue;
             }
+        } else if (prepass) {
+            mzv[0] = maxes[2 * i];
+            mzv[1] = maxes[2 * i + 1];
         } else {
             int code = NAME(check_kd_row)(student, student_stride, teacher, teacher_stride, C,
                                           rows, p, needs_labels, use_kd, i, mzv);
@@ -1076,7 +1079,7 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
         const int ce_cached = use_ce && !use_kd && g;
         if (use_ce) {
             double zsum;
-            const double zy = (double)z[y]; /* before g (maybe z) is written */
+            const double zy = blk ? blk_zy : (double)z[y]; /* before g (maybe z) is written */
             if (blk) {
                 s1 = blk_s1;
                 zsum = blk_zsum;
@@ -1390,9 +1393,8 @@ int NAME(kd_softmax)(int64_t n_rows, int64_t n_cols, const FT *x, int64_t x_stri
     kd_team team = kd_team_start(C);
 #pragma omp parallel num_threads(n_threads) if (par)
     {
-    /* long rows are read once for their sums (row_sumexp_blocks); not in
-     * place, where the rows are checked before anything is written */
-    double *fb = prepass ? NULL : NAME(blocks_buffer)(C);
+    /* long rows are read once for their sums (row_sumexp_blocks) */
+    double *fb = NAME(blocks_buffer)(C);
 #pragma omp for schedule(guided, team.chunk) nowait
     for (int64_t i = 0; i < n_rows; i++) {
         const FT *xi = x + i * x_stride;

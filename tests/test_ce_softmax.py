@@ -192,6 +192,11 @@ def test_ce_long_rows_in_blocks(request, dtype, label_smoothing, ckd, ref, torch
     assert np.isfinite(c.grad).all()
     # row 3: the +1e4 block holds all the mass, the label's logit is there
     assert c.grad[3, 4096:].max() <= 1e-30 + label_smoothing / student.shape[1]
+    # in place (the gradient over the logits): the same bits
+    z = student.copy()
+    inplace = ckd.ce_loss(z, labels, label_smoothing=label_smoothing, reduction="none", out=z)
+    assert inplace.grad is z
+    assert inplace.loss.tobytes() == c.loss.tobytes() and z.tobytes() == c.grad.tobytes()
 
 
 @pytest.mark.parametrize("where", ["nan_late", "posinf_late", "all_neginf", "label"])
@@ -269,6 +274,9 @@ def test_softmax_long_rows_in_blocks(request, dtype, log, ckd, ref, torch_oracle
     if not log:
         np.testing.assert_allclose(c.sum(axis=1), 1.0,
                                    rtol=1e-12 if dtype == np.float64 else 1e-5)
+    y = x.copy()
+    assert getattr(ckd, "log_softmax" if log else "softmax")(y, t, out=y) is y
+    assert y.tobytes() == c.tobytes()  # in place: the same bits
     for bad, err in ((np.nan, "logits"), (np.inf, "logits")):
         y = x.copy()
         y[4, -7] = bad
