@@ -971,8 +971,9 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
                          !(grad && atkd_through_t);
     const int64_t group = kl_defer ? KD_ROW_GROUP : 1;
     /* CE alone on long rows reads each row in row_sumexp_blocks (which also
-     * checks it where there was no prepass) */
-    const int ce_blocks = use_ce && !use_kd;
+     * checks it where there was no prepass); not with ATKD's temperatures
+     * asked for, which read the row after it (in place, after its exps) */
+    const int ce_blocks = use_ce && !use_kd && !p->adaptive;
     kd_team team = kd_team_start(C * group);
 
 #pragma omp parallel num_threads(n_threads) if (par)

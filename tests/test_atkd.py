@@ -656,3 +656,24 @@ def test_property_zero_when_equal(data):
     scale = 1 + np.abs(z).max() / max(z.std(), 1e-3)
     assert np.all(np.abs(r.loss) <= 1e-12 * scale)
     assert np.all(np.abs(r.grad) <= 1e-12 * scale)
+
+
+def test_ce_alone_in_place_keeps_the_temperatures():
+    """kd_weight = 0 leaves CE alone; in place on rows long enough for CE's
+    block path, the returned temperatures (stds of the logits) must still be
+    those of the logits, not of the exps written over them, and the loss and
+    gradient the bits of a separate gradient (fuzz finding I)."""
+    import kdtemp
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 2, size=(3, 16384))
+    v = z + rng.normal(0, 1, size=z.shape)
+    y = np.array([1, 2, 3])
+    kw = dict(labels=y, kd_weight=0.0, ce_weight=1.0, return_temperatures=True,
+              reduction="none")
+    a = kdtemp.atkd_loss(z, v, **kw)
+    zz = z.copy()
+    b = kdtemp.atkd_loss(zz, v, out=zz, **kw)
+    for f in ("loss", "student_temperature", "teacher_temperature"):
+        assert getattr(a, f).tobytes() == getattr(b, f).tobytes(), f
+    assert a.grad.tobytes() == zz.tobytes()
+    np.testing.assert_allclose(a.student_temperature, z.std(axis=1) + 1e-7, rtol=1e-9)
