@@ -278,9 +278,6 @@ static void NAME(row_kl_rev_sums)(const FT *z, const FT *v, int64_t C, FT mz, FT
                          cT, nz, nv, ng);
 }
 
-/* Row statistics of the hard-label term at temperature 1: the partition sum
- * and, for label smoothing, sum_j z_j; with e != NULL, exp(z_j - mz) is kept
- * there for the gradient. */
 /* x_0 .. x_{n-1} added into the KD_LANES lanes zs, x_j into lane j % KD_LANES
  * (a row's pieces give the row's bits when each starts at a multiple of
  * KD_LANES) */
@@ -294,6 +291,9 @@ static void NAME(add_lanes)(double *zs, const FT *x, int64_t n)
         zs[k] += (double)x[j];
 }
 
+/* Row statistics of the hard-label term at temperature 1: the partition sum
+ * and, for label smoothing, sum_j z_j; with e != NULL, exp(z_j - mz) is kept
+ * there for the gradient. */
 static void NAME(row_ce_sums)(const FT *z, int64_t C, FT mz, int want_sum,
                               double *s1_out, double *zsum_out, FT *e, const FT *next,
                               const FT *next_e)
@@ -311,8 +311,9 @@ static void NAME(row_ce_sums)(const FT *z, int64_t C, FT mz, int want_sum,
  * KD_SUM_BLOCK elements, the block's max m_b (from memory; the block then
  * stays in L1) and then e_j = exp((x_j - m_b) inv_t) and their sum s_b
  * (from L1, the next block prefetched under these exps); e_j is stored in
- * e unless e is NULL (e may be x), and with want_sum sum_j x_j is taken as row_ce_sums
- * takes it (the same lanes). A max pass of its own reads a long row once
+ * e unless e is NULL (e may be x), and with want_sum sum_j x_j is taken as
+ * row_ce_sums takes it (the same lanes). A max pass of its own reads a long
+ * row once
  * more, from L2 or L3: CE at 512 x 151936 spent a quarter of its time
  * there. The sum is sum_b f_b s_b, f_b = exp((m_b - M) inv_t), and fb[b]
  * is left holding f_b, the factor of block b's e in a later pass; fb holds
@@ -373,6 +374,21 @@ static double *NAME(blocks_buffer)(int64_t C)
     if (C < 2 * KD_SUM_BLOCK)
         return NULL;
     return (double *)malloc(sizeof(double) * 2 * (size_t)((C + KD_SUM_BLOCK - 1) / KD_SUM_BLOCK));
+}
+
+/* e_j <- (c f_b) e_j - shift over a row whose exps e row_sumexp_blocks
+ * kept relative to their block's max, f_b = fb[b] as it left it */
+static void NAME(scale_blocks)(FT *e, int64_t C, const double *fb, double c, FT shift)
+{
+    for (int64_t b0 = 0, b = 0; b0 < C; b0 += KD_SUM_BLOCK, b++) {
+        const int64_t b1 = C - b0 < KD_SUM_BLOCK ? C : b0 + KD_SUM_BLOCK;
+        const FT cb = (FT)(c * fb[b]);
+        int64_t j = b0;
+        for (; j + VL <= b1; j += VL)
+            VSTORE(e + j, cb * VLOAD(e + j) - shift);
+        for (; j < b1; j++)
+            e[j] = cb * e[j] - shift;
+    }
 }
 
 /* exp(x) for the VL elements from column j: kept from the sums pass in c,
@@ -969,6 +985,7 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
      * CE) the row takes kd_log_f64 itself: the same bits. */
     const int kl_defer = use_kd && !use_ce && p->divergence == KD_DIV_KL &&
                          !(grad && atkd_through_t);
+    _Static_assert(KD_ROW_GROUP == 4, "the logs of a group are one kd_log_v4d");
     const int64_t group = kl_defer ? KD_ROW_GROUP : 1;
     /* CE alone on long rows reads each row in row_sumexp_blocks (which also
      * checks it where there was no prepass); not with ATKD's temperatures
@@ -993,7 +1010,6 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
     for (int64_t i0 = 0; i0 < n_rows; i0 += group) {
     const int64_t i_end = n_rows - i0 < group ? n_rows : i0 + group;
     /* a row that leaves none has loss 0 */
-    _Static_assert(KD_ROW_GROUP == 4, "the logs of a group are one kd_log_v4d");
     double kl_ratio[KD_ROW_GROUP] = {1.0, 1.0, 1.0, 1.0}, kl_weight[KD_ROW_GROUP] = {0};
     for (int64_t i = i0; i < i_end; i++) {
         FT *g = grad ? grad + i * grad_stride : NULL;
@@ -1014,13 +1030,15 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
             /* z_y and the exps (into g, which may be z) in this order */
             const int64_t y = rows->labels[i * rows->labels_stride];
             const FT *zi = student + i * student_stride;
-            blk_zy = y < 0 || y >= C ? 0.0 : (double)zi[y];
-            int code = y < 0 || y >= C ? KD_ERR_LABEL
-                       : NAME(row_sumexp_blocks)(
-                             zi, C, (FT)1, p->check_finite, KD_ERR_NONFINITE_STUDENT,
-                             KD_ERR_ALLINF_STUDENT, p->label_smoothing != 0.0, g, ce_fb,
-                             NAME(next_row)(zi, student_stride, i, n_rows, C, 2), &mzv[0],
-                             &blk_s1, &blk_zsum);
+            int code = KD_ERR_LABEL;
+            if (y >= 0 && y < C) {
+                blk_zy = (double)zi[y];
+                code = NAME(row_sumexp_blocks)(
+                    zi, C, (FT)1, p->check_finite, KD_ERR_NONFINITE_STUDENT,
+                    KD_ERR_ALLINF_STUDENT, p->label_smoothing != 0.0, g, ce_fb,
+                    NAME(next_row)(zi, student_stride, i, n_rows, C, 2), &mzv[0], &blk_s1,
+                    &blk_zsum);
+            }
             if (code != KD_OK) {
                 KD_RECORD_ERROR(code, i, bad_code, bad_row);
                 row_loss[i] = 0.0;
@@ -1200,16 +1218,7 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
         const int kd_inf = use_kd && D == INFINITY && p->divergence != KD_DIV_KL && !dkd;
         if (!use_kd || kd_inf) {
             if (blk) {
-                /* block b's exps are relative to m_b: times exp(m_b - M) */
-                for (int64_t b0 = 0, b = 0; b0 < C; b0 += KD_SUM_BLOCK, b++) {
-                    const int64_t b1 = C - b0 < KD_SUM_BLOCK ? C : b0 + KD_SUM_BLOCK;
-                    const FT cb = (FT)(c1 / s1 * ce_fb[b]);
-                    int64_t j = b0;
-                    for (; j + VL <= b1; j += VL)
-                        VSTORE(g + j, cb * VLOAD(g + j) - c_eps);
-                    for (; j < b1; j++)
-                        g[j] = cb * g[j] - c_eps;
-                }
+                NAME(scale_blocks)(g, C, ce_fb, c1 / s1, c_eps);
             } else if (ce_cached) {
                 int64_t j = 0;
                 for (; j + VL <= C; j += VL)
@@ -1434,15 +1443,7 @@ int NAME(kd_softmax)(int64_t n_rows, int64_t n_cols, const FT *x, int64_t x_stri
             for (; j < C; j++)
                 o[j] = (xi[j] - m) * inv_t - lse;
         } else if (fb) {
-            for (int64_t b0 = 0, b = 0; b0 < C; b0 += KD_SUM_BLOCK, b++) {
-                const int64_t b1 = C - b0 < KD_SUM_BLOCK ? C : b0 + KD_SUM_BLOCK;
-                const FT cb = (FT)(fb[b] / se);
-                int64_t j = b0;
-                for (; j + VL <= b1; j += VL)
-                    VSTORE(o + j, VLOAD(o + j) * cb);
-                for (; j < b1; j++)
-                    o[j] *= cb;
-            }
+            NAME(scale_blocks)(o, C, fb, 1.0 / se, (FT)0);
         } else {
             /* the exps of the sum pass are kept in o and scaled */
             const FT inv_se =
