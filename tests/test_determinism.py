@@ -55,7 +55,7 @@ def test_kd_loss_thread_count_is_bitwise_invisible(divergence, dtype, shape, red
         assert first.count == other.count
 
 
-@pytest.mark.parametrize("shape", [(4099, 37), (1027, 100), (129, 1001)],
+@pytest.mark.parametrize("shape", [(4099, 37), (1027, 100), (130, 256), (129, 1001)],
                          ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("reduction", ["batchmean", "none"])
 def test_forward_kl_alone_thread_count_is_bitwise_invisible(dtype, shape, reduction,
@@ -76,6 +76,9 @@ def test_forward_kl_alone_thread_count_is_bitwise_invisible(dtype, shape, reduct
     want = ref.kd_loss(student.astype(np.float64), teacher.astype(np.float64), **kw)
     rtol = 1e-4 if dtype == np.float32 else 1e-10
     np.testing.assert_allclose(first.loss, want.loss, rtol=rtol, atol=rtol)
+    # rows up to KD_GROUP_COLS classes keep a group's teacher exps side by side
+    # (kl_group): a row's gradient from another row's would show here
+    np.testing.assert_allclose(first.grad, want.grad, rtol=rtol, atol=rtol / shape[1])
 
 
 @pytest.mark.parametrize("shape", [(129, 1001), (7, 20011)],  # the second in blocks

@@ -272,6 +272,29 @@ def test_all_rows_skipped(request, divergence, dtype, reduction, ckd, ref, make_
             assert r.grad.shape == student.shape and np.all(r.grad == 0)
 
 
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_first_bad_row_is_named(dtype, n_threads, ckd):
+    """Short forward-KL rows run four at a time, each phase over the four
+    (kl_group): the error names the first bad row, not the first one a phase
+    came to, and a skipped all -inf row in the group is no error."""
+    rng = np.random.default_rng(3)
+    student = rng.normal(size=(4103, 50)).astype(dtype)
+    teacher = rng.normal(size=(4103, 50)).astype(dtype)
+    student[4097, 3] = np.nan      # a later group
+    student[4094, :] = -np.inf     # all -inf, after row 4093 in its group
+    teacher[4093, 1] = np.inf      # the teacher's, a check after the student's
+    mask = np.ones(4103, bool)
+    for first, msg in [(4093, "`teacher` has NaN or \\+inf in row 4093"),
+                       (4094, "`student` row 4094 is all -inf"),
+                       (4097, "`student` has NaN or \\+inf in row 4097")]:
+        with pytest.raises(ValueError, match=msg):
+            ckd.kd_loss(student, teacher, mask=mask, n_threads=n_threads)
+        mask[first] = False
+    r = ckd.kd_loss(student, teacher, mask=mask, n_threads=n_threads, reduction="none")
+    assert np.all(r.loss[~mask] == 0) and np.all(r.grad[~mask] == 0)
+    assert np.isfinite(r.loss).all() and r.count == 4100
+
+
 @pytest.mark.parametrize("shape", [(0, 5), (2, 0, 5)])
 def test_empty_batch(shape, dtype, reduction, ckd, ref):
     """N == 0 is not an error: loss 0, count 0, an empty gradient."""
