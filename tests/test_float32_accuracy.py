@@ -170,3 +170,25 @@ def test_kl_terms_near_float_max(ckd, ref, divergence, c):
                         divergence=divergence, reduction="none").loss
     assert np.all(np.isfinite(truth)) and truth.min() > 1e38
     np.testing.assert_allclose(got, truth, rtol=1e-6)
+
+
+@pytest.mark.parametrize("lo,hi,bound", [(-10.0, 0.0, 3.5), (-80.0, -10.0, 7.0)])
+def test_exp_error_per_element(ckd, each_isa, lo, hi, bound):
+    """Each float exp within a few roundings of exp, through softmax.
+
+    Rows hold one 0 (the maximum, so the exps are of the logits themselves)
+    and logits in [lo, hi): softmax_j = exp(x_j) / s with s = 1 + small
+    terms, so p_j is the kernel's exp times a rounded 1/s, one rounding or
+    two from the truth. The fused builds reduce by ln 2 rounded to float
+    (kd_math.h, KD_EXPF_REDUCE): 1.6 roundings for x >= -10 and 5 near the
+    float floor, where a careless reduction (the product x log2(e) rounded
+    first: 9 and 65) would show.
+    """
+    rng = np.random.default_rng(int(-lo))
+    x = rng.uniform(lo, hi, (64, 1001)).astype(np.float32)
+    x[:, 0] = 0.0
+    got = ckd.softmax(x).astype(np.float64)
+    e = np.exp(x.astype(np.float64))
+    truth = e / e.sum(axis=1, keepdims=True)
+    roundings = np.abs(got - truth) / (U32 * truth)
+    assert roundings.max() <= bound, f"{roundings.max():.2f} u"
