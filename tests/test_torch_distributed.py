@@ -147,3 +147,10 @@ def test_two_ranks_match_one_process(tmp_path):
 
 if __name__ == "__main__":
     _worker(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+    # The results are written and the group destroyed. A rank once died after
+    # that in the interpreter's teardown (SIGABRT, "terminate called without
+    # an active exception": a Gloo thread still joinable, see
+    # pytorch/pytorch#179291): leave without the teardown.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
