@@ -199,10 +199,13 @@ def test_ce_long_rows_in_blocks(request, dtype, label_smoothing, ckd, ref, torch
     assert inplace.loss.tobytes() == c.loss.tobytes() and z.tobytes() == c.grad.tobytes()
 
 
-@pytest.mark.parametrize("where", ["nan_late", "posinf_late", "all_neginf", "label"])
+@pytest.mark.parametrize("where", ["nan_late", "nan_first", "nan_in_neginf_blocks", "all_nan",
+                                   "posinf_late", "all_neginf", "label"])
 def test_ce_long_row_errors(dtype, where, ckd):
     """The block path finds a bad value in any block, and reports the first bad
-    row whatever the threads."""
+    row whatever the threads. Its max pass does not test for NaN (the NaN's
+    exp makes the sum NaN), except in a block whose max is -inf, which it
+    does not sum: NaN among -inf, or a row of NaN."""
     rng = np.random.default_rng(7)
     student, labels = _long_ce_rows(dtype, rng)
     student = np.concatenate([student] * 4)
@@ -210,6 +213,13 @@ def test_ce_long_row_errors(dtype, where, ckd):
     bad = 9
     if where == "nan_late":
         student[bad, -3] = np.nan
+    elif where == "nan_first":
+        student[bad, 0] = np.nan
+    elif where == "nan_in_neginf_blocks":
+        student[bad, 4096:8192] = -np.inf  # whole blocks of either dtype
+        student[bad, 5000] = np.nan
+    elif where == "all_nan":
+        student[bad] = np.nan
     elif where == "posinf_late":
         student[bad, -4100] = np.inf
     elif where == "all_neginf":
@@ -224,6 +234,12 @@ def test_ce_long_row_errors(dtype, where, ckd):
     if where in ("nan_late", "posinf_late"):  # not errors without the check
         r = ckd.ce_loss(student, labels, check_finite=False, reduction="none")
         assert r.grad.shape == student.shape
+    if where.startswith(("nan", "all_nan", "posinf")):  # the same check
+        for n in (1, 2):
+            with pytest.raises(ValueError, match=f"`student` has NaN.* row {bad}"):
+                ckd.dts.ce_pair(student, student[::-1].copy(), labels, n_threads=n)
+            with pytest.raises(ValueError, match=f"`logits` has NaN.* row {bad}"):
+                ckd.softmax(student, n_threads=n)
 
 
 # --------------------------------------------------------------------------------
