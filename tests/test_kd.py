@@ -275,24 +275,45 @@ def test_all_rows_skipped(request, divergence, dtype, reduction, ckd, ref, make_
 @pytest.mark.parametrize("n_threads", [1, 2])
 def test_first_bad_row_is_named(dtype, n_threads, ckd):
     """Short forward-KL rows run four at a time, each phase over the four
-    (kl_group): the error names the first bad row, not the first one a phase
-    came to, and a skipped all -inf row in the group is no error."""
+    (kl_group), and find NaN through the sums rather than in the maxima pass:
+    the error names the first bad row, not the first one a phase came to,
+    with the student's error before the teacher's in a row (as the row loop
+    checks them), and a skipped all -inf row in the group is no error."""
     rng = np.random.default_rng(3)
     student = rng.normal(size=(4103, 50)).astype(dtype)
     teacher = rng.normal(size=(4103, 50)).astype(dtype)
+    student[4101, 7] = np.nan      # found in the sums, the teacher's -inf before
+    teacher[4101, :] = -np.inf
+    student[4100, :] = -np.inf     # NaN among -inf only: no finite max
+    student[4100, 9] = np.nan
+    teacher[4098, 2] = np.nan      # the teacher's NaN in the sums
     student[4097, 3] = np.nan      # a later group
     student[4094, :] = -np.inf     # all -inf, after row 4093 in its group
     teacher[4093, 1] = np.inf      # the teacher's, a check after the student's
     mask = np.ones(4103, bool)
     for first, msg in [(4093, "`teacher` has NaN or \\+inf in row 4093"),
                        (4094, "`student` row 4094 is all -inf"),
-                       (4097, "`student` has NaN or \\+inf in row 4097")]:
+                       (4097, "`student` has NaN or \\+inf in row 4097"),
+                       (4098, "`teacher` has NaN or \\+inf in row 4098"),
+                       (4100, "`student` has NaN or \\+inf in row 4100"),
+                       (4101, "`student` has NaN or \\+inf in row 4101")]:
         with pytest.raises(ValueError, match=msg):
             ckd.kd_loss(student, teacher, mask=mask, n_threads=n_threads)
         mask[first] = False
     r = ckd.kd_loss(student, teacher, mask=mask, n_threads=n_threads, reduction="none")
     assert np.all(r.loss[~mask] == 0) and np.all(r.grad[~mask] == 0)
-    assert np.isfinite(r.loss).all() and r.count == 4100
+    assert np.isfinite(r.loss).all() and r.count == 4097
+    # unchecked, NaN or +inf is no error (those rows' values are unspecified)
+    # and the other rows are as before; rows with no finite max on a side are
+    # still errors
+    with pytest.raises(ValueError, match="`student` row 4094 is all -inf"):
+        ckd.kd_loss(student, teacher, check_finite=False, n_threads=n_threads,
+                    mask=~np.isin(np.arange(4103), [4100, 4101]))
+    u = ckd.kd_loss(student, teacher, check_finite=False, n_threads=n_threads,
+                    reduction="none", mask=~np.isin(np.arange(4103), [4094, 4100, 4101]))
+    ok = np.ones(4103, bool)
+    ok[4093:] = False
+    np.testing.assert_array_equal(u.loss[ok], r.loss[ok])
 
 
 @pytest.mark.parametrize("shape", [(0, 5), (2, 0, 5)])
