@@ -112,27 +112,41 @@ static FT NAME(row_max)(const FT *x, int64_t C, int *nonfinite)
 
 /* sum_j exp((x_j - m) * inv_t), accumulated in double; with e != NULL the
  * exps are also stored there (e may be x: each is read before written); the
- * rows `next` and `next_e` (NULL: none) are prefetched on the way. */
-static double NAME(row_sumexp_store)(const FT *x, int64_t C, FT m, FT inv_t, FT *e,
-                                     const FT *next, const FT *next_e)
+ * rows `next` and `next_e` (NULL: none) are prefetched on the way. The body
+ * is compiled twice, once without the multiply for inv_t = 1 (CE, the DTS
+ * CE pair: one of the few operations per element besides the exp; the same
+ * bits, x * 1 being x). */
+static inline __attribute__((always_inline)) double
+NAME(row_sumexp_store_as)(const int unit, const FT *x, int64_t C, FT m, FT inv_t, FT *e,
+                          const FT *next, const FT *next_e)
 {
     ACC acc = {0};
     int64_t j = 0;
     for (; j + VL <= C; j += VL) {
         KD_PREFETCH(next, x, j);
         KD_PREFETCHW(next_e, x, j);
-        VEC ej = VEXP((VLOAD(x + j) - m) * inv_t);
+        VEC d = VLOAD(x + j) - m;
+        VEC ej = VEXP(unit ? d : d * inv_t);
         ACC_ADD(&acc, ej);
         if (e)
             VSTORE(e + j, ej);
     }
     if (j < C) {
-        VEC ej = VEXP((NAME(load_tail)(x + j, C - j, -INFINITY) - m) * inv_t);
+        VEC d = NAME(load_tail)(x + j, C - j, -INFINITY) - m;
+        VEC ej = VEXP(unit ? d : d * inv_t);
         ACC_ADD(&acc, ej);
         if (e)
             NAME(store_tail)(e + j, C - j, ej);
     }
     return ACC_SUM(acc);
+}
+
+static double NAME(row_sumexp_store)(const FT *x, int64_t C, FT m, FT inv_t, FT *e,
+                                     const FT *next, const FT *next_e)
+{
+    if (inv_t == (FT)1)
+        return NAME(row_sumexp_store_as)(1, x, C, m, inv_t, e, next, next_e);
+    return NAME(row_sumexp_store_as)(0, x, C, m, inv_t, e, next, next_e);
 }
 
 /* sum_j exp((x_j - m) * inv_t), accumulated in double, prefetching next. */
