@@ -54,7 +54,7 @@ int64_t kd_prefetch_bytes(void)
 
 /* ---- dispatch ------------------------------------------------------------- */
 
-/* -1: not decided yet, 0: baseline, 1: AVX2 + FMA, 2: AVX-512F */
+/* -1: not decided yet, 0: baseline, 1: AVX2 + FMA, 2: AVX-512F (+ POPCNT) */
 static int kd_isa_choice = -1;
 
 #if KD_HAVE_AVX2_BUILD
@@ -63,7 +63,7 @@ static int kd_cpu_has(int level)
     __builtin_cpu_init();
     if (level >= 1 && !(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")))
         return 0;
-    if (level >= 2 && !__builtin_cpu_supports("avx512f"))
+    if (level >= 2 && !(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("popcnt")))
         return 0;
     return 1;
 }

@@ -1,14 +1,15 @@
-/* The KD kernels compiled for AVX-512F (sixteen float lanes, with FMA),
- * picked at run time by kd.c on CPUs that have it. */
+/* The KD kernels compiled for AVX-512F (sixteen float lanes, with FMA;
+ * POPCNT counts mask bits), picked at run time by kd.c on CPUs that have
+ * them. */
 #include "kd_isa.h"
 
 #if KD_HAVE_AVX2_BUILD
 /* before the target switch: the intrinsics carry their own targets */
 #include <immintrin.h>
 #if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx2,fma"))), apply_to = function)
+#pragma clang attribute push(__attribute__((target("avx512f,avx2,fma,popcnt"))), apply_to = function)
 #else
-#pragma GCC target("avx512f,avx2,fma")
+#pragma GCC target("avx512f,avx2,fma,popcnt")
 #endif
 
 #define KD_AVX2_FMA 1

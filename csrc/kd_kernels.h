@@ -36,6 +36,9 @@
 #define VHMAX kd_hmax_v16f
 #define VANY kd_any_v16i
 #define VEXP kd_exp_v16f
+#define VEXP_OFF_TOP kd_exp_off_top_v16f
+#define VTOPS int64_t
+#define VTOPS_COUNT(t) (t)
 #define VLOGF kd_logf_v16f
 #define VFMA kd_fma_v16f
 #define VPARTS 4
@@ -58,6 +61,9 @@
 #define VHMAX kd_hmax_v8f
 #define VANY kd_any_v8i
 #define VEXP kd_exp_v8f
+#define VEXP_OFF_TOP kd_exp_off_top_v8f
+#define VTOPS kd_v8i
+#define VTOPS_COUNT kd_count_tops_v8i
 #define VLOGF kd_logf_v8f
 #define VFMA kd_fma_v8f
 #define VPARTS 2
@@ -85,6 +91,9 @@
 #undef VHMAX
 #undef VANY
 #undef VEXP
+#undef VEXP_OFF_TOP
+#undef VTOPS
+#undef VTOPS_COUNT
 #undef VLOGF
 #undef KD_FLOAT_ROWS
 #undef VFMA

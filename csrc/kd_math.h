@@ -412,6 +412,23 @@ KD_DEFINE_EXP_SCALE(kd_exp_scale_v4d, kd_v4d, kd_v4l, kd_v4ul, KD_EXPD_LO, 52,
 
 KD_DEFINE_EXPF(kd_exp_v8f, kd_v8f, kd_fma_v8f, kd_exp_scale_v8f)
 
+/* exp(x) for x < 0, and 0 for x == 0 (a row's maxima, whose exps are 1),
+ * counted in *tops (minus one per such lane): the partition sums add these
+ * exps in float partials (kd_impl.h, row_sumexp_store_as) */
+KD_VINLINE kd_v8f kd_exp_off_top_v8f(kd_v8f x, kd_v8i *tops)
+{
+    const kd_v8i top = x == (kd_v8f){0};
+    *tops -= top; /* (true is -1) */
+    return (kd_v8f)((kd_v8i)kd_exp_v8f(x) & ~top);
+}
+KD_VINLINE int64_t kd_count_tops_v8i(kd_v8i tops)
+{
+    int64_t n = 0;
+    for (int l = 0; l < 8; l++)
+        n += tops[l];
+    return n;
+}
+
 /* log(x) on float lanes V (ints I), for positive normal x (the float-lane
  * divergence terms take it of w in [2^-60, 1]): x = m 2^e with m in
  * [sqrt(1/2), sqrt(2)) by integer arithmetic on the bits, f = m - 1 exactly,
@@ -544,6 +561,25 @@ KD_VINLINE kd_v8d kd_exp_scale_v8d(kd_v8d x, kd_v8d y, kd_v8d t, kd_v8d n)
     return (kd_v8d)_mm512_maskz_scalef_pd(keep, (__m512d)y, (__m512d)n);
 }
 KD_DEFINE_EXPF(kd_exp_v16f, kd_v16f, kd_fma_v16f, kd_exp_scale_v16f)
+/* kd_exp_off_top_v8f on sixteen lanes: the 0 of the top lanes comes with
+ * the scaling's zero mask */
+KD_VINLINE __mmask16 kd_top_v16f(kd_v16f x)
+{
+    return _mm512_cmp_ps_mask((__m512)x, _mm512_setzero_ps(), _CMP_EQ_OQ);
+}
+KD_VINLINE kd_v16f kd_exp_scale_off_top_v16f(kd_v16f x, kd_v16f y, kd_v16f t, kd_v16f n)
+{
+    (void)t;
+    const __mmask16 keep = _mm512_cmp_ps_mask((__m512)x, _mm512_set1_ps(KD_EXPF_LO), _CMP_NLT_UQ);
+    return (kd_v16f)_mm512_maskz_scalef_ps(_kandn_mask16(kd_top_v16f(x), keep), (__m512)y,
+                                           (__m512)n);
+}
+KD_DEFINE_EXPF(kd_exp_nz_v16f, kd_v16f, kd_fma_v16f, kd_exp_scale_off_top_v16f)
+KD_VINLINE kd_v16f kd_exp_off_top_v16f(kd_v16f x, int64_t *tops)
+{
+    *tops += _mm_popcnt_u32(_cvtmask16_u32(kd_top_v16f(x)));
+    return kd_exp_nz_v16f(x);
+}
 KD_DEFINE_LOGF(kd_logf_v16f, kd_v16f, kd_v16i, kd_fma_v16f)
 KD_DEFINE_EXPD(kd_exp_v8d, kd_v8d, kd_fma_v8d, kd_exp_scale_v8d)
 
