@@ -637,9 +637,12 @@ KD_VINLINE double kd_acc_sum_v8d(kd_v8d acc)
     return kd_sum_halves_v4d((kd_v4d)_mm512_extractf64x4_pd((__m512d)acc, 0),
                              (kd_v4d)_mm512_extractf64x4_pd((__m512d)acc, 1));
 }
+/* lanes j and j + 8 first: one eight-lane reduction instead of two, which a
+ * short row waits on three times (forward KL's sums: 1.02x at 4096 x 100,
+ * 1.06x at 4096 x 16, 1 thread, 2-core EPYC VM) */
 KD_VINLINE double kd_acc_sum_v16f(kd_acc16 acc)
 {
-    return kd_acc_sum_v8d(acc.lo) + kd_acc_sum_v8d(acc.hi);
+    return kd_acc_sum_v8d(acc.lo + acc.hi);
 }
 KD_VINLINE void kd_acc_add_v8d(kd_v8d *acc, kd_v8d x) { *acc += x; }
 KD_VINLINE void kd_acc_mul_v8d(kd_v8d *acc, kd_v8d x, kd_v8d y) { *acc += x * y; }
