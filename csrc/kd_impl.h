@@ -116,15 +116,16 @@ static FT NAME(row_max)(const FT *x, int64_t C, int *nonfinite)
  * is compiled twice, once without the multiply for inv_t = 1 (CE, the DTS
  * CE pair: one of the few operations per element besides the exp; the same
  * bits, x * 1 being x).
- * Without e, float rows add KD_SUM_FOLD exps per lane in a float partial
- * before it widens into the double sum, and leave out of the partials the
- * exps of x_j = m, which are 1, counted exactly instead: a confident row's
- * CE is log(1 + the small terms), and a partial holding the 1 would round
- * those terms away (tests/test_float32_accuracy.py, confident rows); what
- * is left keeps the error to a few roundings of the sum. The widening cost
- * as much as a third of the exp: the DTS CE pair ran 1.15x (1 thread) and
+ * Float rows add KD_SUM_FOLD exps per lane in a float partial before it
+ * widens into the double sum, and leave out of the partials the exps of
+ * x_j = m, which are 1, counted exactly instead: a confident row's CE is
+ * log(1 + the small terms), and a partial holding the 1 would round those
+ * terms away (tests/test_float32_accuracy.py, confident rows); what is
+ * left keeps the error to a few roundings of the sum. The widening cost as
+ * much as a third of the exp: the DTS CE pair ran 1.15x (1 thread) and
  * 1.08-1.10x (2) faster at the large shapes, AVX-512 on the 2-core EPYC
- * VM; the AVX2 build 1.07x. */
+ * VM; the AVX2 build 1.07x. With e or without, the sum has the same bits
+ * (a loss with its gradient and without agree bit for bit). */
 #define KD_SUM_FOLD 8
 static inline __attribute__((always_inline)) double
 NAME(row_sumexp_store_as)(const int unit, const FT *x, int64_t C, FT m, FT inv_t, FT *e,
@@ -134,19 +135,25 @@ NAME(row_sumexp_store_as)(const int unit, const FT *x, int64_t C, FT m, FT inv_t
     int64_t j = 0;
     double tops_sum = 0;
 #if KD_FLOAT_ROWS
-    if (!e) {
-        VTOPS tops = {0};
-        for (; j + KD_SUM_FOLD * VL <= C;) {
-            VEC part = {0};
-            for (int k = 0; k < KD_SUM_FOLD; k++, j += VL) {
-                KD_PREFETCH(next, x, j);
-                VEC d = VLOAD(x + j) - m;
-                part += VEXP_OFF_TOP(unit ? d : d * inv_t, &tops);
+    VTOPS tops = {0};
+    for (; j + KD_SUM_FOLD * VL <= C;) {
+        VEC part = {0};
+        for (int k = 0; k < KD_SUM_FOLD; k++, j += VL) {
+            KD_PREFETCH(next, x, j);
+            KD_PREFETCHW(next_e, x, j);
+            VEC d = VLOAD(x + j) - m;
+            d = unit ? d : d * inv_t;
+            if (e) { /* the exps as they are, the sum without the 1s */
+                const VEC ej = VEXP(d);
+                VSTORE(e + j, ej);
+                part += VOFF_TOP(d, ej, &tops);
+            } else {
+                part += VEXP_OFF_TOP(d, &tops);
             }
-            ACC_ADD(&acc, part);
         }
-        tops_sum = (double)VTOPS_COUNT(tops);
+        ACC_ADD(&acc, part);
     }
+    tops_sum = (double)VTOPS_COUNT(tops);
 #endif
     for (; j + VL <= C; j += VL) {
         KD_PREFETCH(next, x, j);
@@ -188,9 +195,9 @@ static double NAME(row_sumexp)(const FT *x, int64_t C, FT m, FT inv_t, const FT 
  * 1.14-1.3x faster at 4096 x 100 and 256 x 1000. A float partial rounds
  * away part of a small term added next to a large one, so the loss error
  * grows to about an ulp of the log-ratio's size per fold
- * (tests/test_float32_accuracy.py holds it to 3). Partition sums that
- * store no exps (CE without its gradient, the DTS CE pair) fold too, but
- * for the 1s of the row maxima (row_sumexp_store_as).
+ * (tests/test_float32_accuracy.py holds it to 3). The partition sums of
+ * CE, softmax and the DTS CE pair fold too, but for the 1s of the row
+ * maxima (row_sumexp_store_as).
  * Double rows fold every term, which is a plain double sum. */
 #define KD_FOLD (sizeof(FT) == sizeof(float) ? 4 : 1)
 /* A term e (a - b) of a float row reaches FLT_MAX (e <= 1, |a - b| up to

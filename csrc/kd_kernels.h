@@ -37,6 +37,7 @@
 #define VANY kd_any_v16i
 #define VEXP kd_exp_v16f
 #define VEXP_OFF_TOP kd_exp_off_top_v16f
+#define VOFF_TOP kd_off_top_v16f
 #define VTOPS int64_t
 #define VTOPS_COUNT(t) (t)
 #define VLOGF kd_logf_v16f
@@ -62,6 +63,7 @@
 #define VANY kd_any_v8i
 #define VEXP kd_exp_v8f
 #define VEXP_OFF_TOP kd_exp_off_top_v8f
+#define VOFF_TOP kd_off_top_v8f
 #define VTOPS kd_v8i
 #define VTOPS_COUNT kd_count_tops_v8i
 #define VLOGF kd_logf_v8f
@@ -92,6 +94,7 @@
 #undef VANY
 #undef VEXP
 #undef VEXP_OFF_TOP
+#undef VOFF_TOP
 #undef VTOPS
 #undef VTOPS_COUNT
 #undef VLOGF

@@ -414,12 +414,17 @@ KD_DEFINE_EXPF(kd_exp_v8f, kd_v8f, kd_fma_v8f, kd_exp_scale_v8f)
 
 /* exp(x) for x < 0, and 0 for x == 0 (a row's maxima, whose exps are 1),
  * counted in *tops (minus one per such lane): the partition sums add these
- * exps in float partials (kd_impl.h, row_sumexp_store_as) */
-KD_VINLINE kd_v8f kd_exp_off_top_v8f(kd_v8f x, kd_v8i *tops)
+ * exps in float partials (kd_impl.h, row_sumexp_store_as); kd_off_top_v8f
+ * does it to ex = exp(x) computed already */
+KD_VINLINE kd_v8f kd_off_top_v8f(kd_v8f x, kd_v8f ex, kd_v8i *tops)
 {
     const kd_v8i top = x == (kd_v8f){0};
     *tops -= top; /* (true is -1) */
-    return (kd_v8f)((kd_v8i)kd_exp_v8f(x) & ~top);
+    return (kd_v8f)((kd_v8i)ex & ~top);
+}
+KD_VINLINE kd_v8f kd_exp_off_top_v8f(kd_v8f x, kd_v8i *tops)
+{
+    return kd_off_top_v8f(x, kd_exp_v8f(x), tops);
 }
 KD_VINLINE int64_t kd_count_tops_v8i(kd_v8i tops)
 {
@@ -579,6 +584,12 @@ KD_VINLINE kd_v16f kd_exp_off_top_v16f(kd_v16f x, int64_t *tops)
 {
     *tops += _mm_popcnt_u32(_cvtmask16_u32(kd_top_v16f(x)));
     return kd_exp_nz_v16f(x);
+}
+KD_VINLINE kd_v16f kd_off_top_v16f(kd_v16f x, kd_v16f ex, int64_t *tops)
+{
+    const __mmask16 top = kd_top_v16f(x);
+    *tops += _mm_popcnt_u32(_cvtmask16_u32(top));
+    return (kd_v16f)_mm512_maskz_mov_ps(_knot_mask16(top), (__m512)ex);
 }
 KD_DEFINE_LOGF(kd_logf_v16f, kd_v16f, kd_v16i, kd_fma_v16f)
 KD_DEFINE_EXPD(kd_exp_v8d, kd_v8d, kd_fma_v8d, kd_exp_scale_v8d)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from isa_builds import builds, using
 
 THREADS = (1, 2, 3, None)
 # 64 x 5000; an odd row count that does not split evenly; few rows of a vocabulary
@@ -90,6 +91,28 @@ def test_ce_loss_thread_count_is_bitwise_invisible(dtype, shape, ckd):
                for n in THREADS]
     for r in results[1:]:
         assert _same(results[0].loss, r.loss) and _same(results[0].grad, r.grad)
+
+
+@pytest.mark.parametrize("isa", builds())
+@pytest.mark.parametrize("shape", [(6, 127), (9, 1001), (3, 20011)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_loss_with_and_without_gradient_is_bitwise_the_same(dtype, shape, isa, ckd):
+    # the partition sums keep the exps for the gradient or not: the same bits
+    # either way (fuzz/regressions/ce-sum-with-and-without-grad-same-bits);
+    # ties at the row max included (its exps are counted apart)
+    student, teacher, labels, t = _inputs(shape, dtype, seed=3)
+    student[1] = 0.0
+    student[2, ::3] = student[2].max()
+    with using(isa):
+        for kw in ({"label_smoothing": 0.0}, {"label_smoothing": 0.5}):
+            a = ckd.ce_loss(student, labels, **kw)
+            b = ckd.ce_loss(student, labels, compute_grad=False, **kw)
+            assert _same(a.loss, b.loss)
+        for kw in ({"ce_weight": 0.0}, {"ce_weight": 0.3}):
+            a = ckd.kd_loss(student, teacher, temperature=t, labels=labels, **kw)
+            b = ckd.kd_loss(student, teacher, temperature=t, labels=labels,
+                            compute_grad=False, **kw)
+            assert _same(a.loss, b.loss)
 
 
 @pytest.mark.parametrize("name", ["softmax", "log_softmax"])
