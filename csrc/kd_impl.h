@@ -127,6 +127,36 @@ static FT NAME(row_max)(const FT *x, int64_t C, int *nonfinite)
  * VM; the AVX2 build 1.07x. With e or without, the sum has the same bits
  * (a loss with its gradient and without agree bit for bit). */
 #define KD_SUM_FOLD 8
+#if KD_FLOAT_ROWS
+/* row_sumexp_store_as' folded steps, compiled apart with the exps stored
+ * (store: e != NULL) and without: the columns done, the sum in acc and the
+ * maxima's count in tops */
+static inline __attribute__((always_inline)) int64_t
+NAME(sumexp_fold)(const int unit, const int store, const FT *x, int64_t C, FT m, FT inv_t,
+                  FT *e, const FT *next, const FT *next_e, ACC *acc, VTOPS *tops)
+{
+    int64_t j = 0;
+    for (; j + KD_SUM_FOLD * VL <= C;) {
+        VEC part = {0};
+        for (int k = 0; k < KD_SUM_FOLD; k++, j += VL) {
+            KD_PREFETCH(next, x, j);
+            VEC d = VLOAD(x + j) - m;
+            d = unit ? d : d * inv_t;
+            if (store) { /* the exps as they are, the sum without the 1s */
+                KD_PREFETCHW(next_e, x, j);
+                const VEC ej = VEXP(d);
+                VSTORE(e + j, ej);
+                part += VOFF_TOP(d, ej, tops);
+            } else {
+                part += VEXP_OFF_TOP(d, tops);
+            }
+        }
+        ACC_ADD(acc, part);
+    }
+    return j;
+}
+#endif
+
 static inline __attribute__((always_inline)) double
 NAME(row_sumexp_store_as)(const int unit, const FT *x, int64_t C, FT m, FT inv_t, FT *e,
                           const FT *next, const FT *next_e)
@@ -136,23 +166,8 @@ NAME(row_sumexp_store_as)(const int unit, const FT *x, int64_t C, FT m, FT inv_t
     double tops_sum = 0;
 #if KD_FLOAT_ROWS
     VTOPS tops = {0};
-    for (; j + KD_SUM_FOLD * VL <= C;) {
-        VEC part = {0};
-        for (int k = 0; k < KD_SUM_FOLD; k++, j += VL) {
-            KD_PREFETCH(next, x, j);
-            KD_PREFETCHW(next_e, x, j);
-            VEC d = VLOAD(x + j) - m;
-            d = unit ? d : d * inv_t;
-            if (e) { /* the exps as they are, the sum without the 1s */
-                const VEC ej = VEXP(d);
-                VSTORE(e + j, ej);
-                part += VOFF_TOP(d, ej, &tops);
-            } else {
-                part += VEXP_OFF_TOP(d, &tops);
-            }
-        }
-        ACC_ADD(&acc, part);
-    }
+    j = e ? NAME(sumexp_fold)(unit, 1, x, C, m, inv_t, e, next, next_e, &acc, &tops)
+          : NAME(sumexp_fold)(unit, 0, x, C, m, inv_t, e, next, next_e, &acc, &tops);
     tops_sum = (double)VTOPS_COUNT(tops);
 #endif
     for (; j + VL <= C; j += VL) {
