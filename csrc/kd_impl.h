@@ -11,6 +11,8 @@
  *   VHMAX, VANY    largest lane of a running max; any lane of a mask set
  *   VLOADTAIL, VSTORETAIL  the first n < VL elements
  *   ACC, ACC_ADD, ACC_MUL, ACC_SUM  double accumulators of VL lanes
+ *   VEXP_OFF_TOP, VOFF_TOP, VTOPS, VTOPS_COUNT  (float rows) exps with the
+ *                  lanes x == 0 zeroed and counted in a VTOPS (kd_math.h)
  */
 #define KD_CAT_(a, b) a##_##b
 #define KD_CAT(a, b) KD_CAT_(a, b)

@@ -5,8 +5,9 @@ rows where float32 arithmetic is weakest; these tests pin what the kernels do
 deliver there, so that a faster summation cannot quietly trade it away:
 - CE of confident rows (the label is the row's maximum, the loss is small):
   the partition sum is 1 plus small terms, and a float partial sum holding
-  the 1 would round those terms away; the row sums are in double, so the
-  loss keeps its relative accuracy.
+  the 1 would round those terms away; float partials leave the maxima's 1s
+  out (they are counted exactly), so the loss keeps its relative accuracy,
+  on every build and every kernel that takes the sum.
 - KL-type divergences (JSD and the skew KLs too): the loss A/sT - log sT +
   log sS comes out of terms of the size of the log-ratio E|log pT - log pS|,
   so its error is bounded in units of float32's rounding u times that size
