@@ -543,7 +543,12 @@ NAME(lane_terms_at)(const int div, VEC b, VEC a, VEC eS, VEC eT, const NAME(lane
     const VEC u = ((b - a) - k->dl_hi) - k->dl_lo;
     const VINT t_big = u <= zero;
     const VEC nv = VSEL(t_big, u, -u); /* -v */
-    const VEC sig = VEXP(nv);
+    /* e^-v = p_small / p_big, from the exps at hand: a division costs less
+     * than another exp. A ratio above 1 (rounding near ties, or p_big
+     * rounded to 0 under a tiny p_small: a term of that size) and 0/0 (both
+     * 0: no term) give 1. */
+    const VEC ratio = VSEL(t_big, pS, pT) / VSEL(t_big, pT, pS);
+    const VEC sig = VSEL(ratio < (FT)1, ratio, zero + 1);
     const VEC w = VFMA(VSEL(t_big, zero + k->cS, zero + k->cT), sig,
                        VSEL(t_big, zero + k->cT, zero + k->cS));
     const VEC L = VLOGF(w);
