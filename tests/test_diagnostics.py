@@ -203,6 +203,30 @@ def test_row_stats_neginf_entries(dtype):
                                rtol=rtol, atol=atol)
 
 
+def test_float32_std_is_double_accurate_on_hard_rows():
+    """Float32 rows take their mean and std in one pass, sum d^2 - mean_d sum d
+    with d = x - max (exact in double): cancellation is worst for one outlier
+    (|max - mean| = std sqrt(n - 1)) and for a large offset, and must still
+    leave the std far more accurate than a float rounding (6e-8), on every
+    build (the outlier row: 1.2e-10); the ATKD temperatures come from the
+    same kernel."""
+    rng = np.random.default_rng(5)
+    n = 100003
+    rows = np.empty((4, n), np.float32)
+    rows[0] = rng.normal(0.0, 1e-3, n)
+    rows[0, 17] = 1e4                        # one outlier: Samuelson's bound
+    rows[1] = 1e4 + rng.normal(0.0, 1.0, n)  # mean 1e4 std 1
+    rows[2] = rng.normal(0.0, 3.0, n)
+    rows[2, ::3] = -np.inf                   # masked entries are not in the std
+    rows[3] = 0.0
+    rows[3, -1] = 1.0                        # a single nonzero entry
+    want = np.array([r[np.isfinite(r)].astype(np.float64).std() for r in rows])
+    for isa, got in each_build(lambda: kdtemp.row_stats(rows, 1.0).std).items():
+        np.testing.assert_allclose(got, want, rtol=1e-9, err_msg=isa)
+    temps = kdtemp.atkd_loss(rows, rows[::-1].copy(), eps=1e-30, return_temperatures=True)
+    np.testing.assert_allclose(temps.student_temperature, want, rtol=1e-9)
+
+
 @pytest.mark.parametrize("which", list(IMPLS))
 def test_row_stats_temperature_changes_softness_only(which):
     x = logits((10, 6), np.float64, seed=2)
