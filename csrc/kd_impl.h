@@ -11,6 +11,7 @@
  *   VHMAX, VANY    largest lane of a running max; any lane of a mask set
  *   VLOADTAIL, VSTORETAIL  the first n < VL elements
  *   ACC, ACC_ADD, ACC_MUL, ACC_SUM  double accumulators of VL lanes
+ *   ACC_DEV                          (float rows) s += x - shift, q += (x - shift)^2
  *   VEXP_OFF_TOP, VOFF_TOP, VTOPS, VTOPS_COUNT  (float rows) exps with the
  *                  lanes x == 0 zeroed and counted in a VTOPS (kd_math.h)
  */
@@ -828,35 +829,26 @@ static void NAME(row_mean_std)(const FT *x, int64_t C, int ddof, double shift,
     /* Float rows in one pass: d = x - shift is exact in double, and
      * sum (d - mean_d)^2 = sum d^2 - mean_d sum d loses at most log2(n) of
      * double's bits to cancellation (|max - mean| <= std sqrt(n - 1),
-     * Samuelson), far below a float's rounding. Each of the VPARTS
-     * accumulators takes its own lanes (one chain of adds took 4 latencies
-     * per VL elements); two passes took 0.4 of an ATKD step. */
-    kd_v4d s[VPARTS], q[VPARTS];
+     * Samuelson), far below a float's rounding. In double lanes of the
+     * accumulators' width, not VPARTS four-lane parts into one chain of
+     * adds; two passes took 0.4 of an ATKD step. */
+    ACC s, q;
+    memset(&s, 0, sizeof s);
+    memset(&q, 0, sizeof q);
     VINT cnt = {0};
-    const FT fshift = (FT)shift;
-    for (int h = 0; h < VPARTS; h++)
-        s[h] = q[h] = (kd_v4d){0};
+    const VEC vshift = (VEC){0} + (FT)shift;
     for (int64_t j = 0; j < C; j += VL) {
-        VEC xx = j + VL <= C ? VLOAD(x + j) : NAME(load_tail)(x + j, C - j, -INFINITY);
+        const VEC xx = j + VL <= C ? VLOAD(x + j) : NAME(load_tail)(x + j, C - j, -INFINITY);
         const VINT fin = xx > -INFINITY; /* -1 where finite (or +inf, NaN: not) */
         cnt -= fin;
-        xx = VSEL(fin, xx, (VEC){0} + fshift); /* an excluded entry's d is 0 */
-        for (int h = 0; h < VPARTS; h++) {
-            const kd_v4d d = VPART(xx, h) - shift;
-            s[h] += d;
-            q[h] = kd_fma_v4d(d, d, q[h]);
-        }
-    }
-    for (int h = 1; h < VPARTS; h++) {
-        s[0] += s[h];
-        q[0] += q[h];
+        ACC_DEV(&s, &q, VSEL(fin, xx, vshift), shift); /* an excluded entry's d is 0 */
     }
     int64_t n_fin = 0;
     for (int l = 0; l < VL; l++)
         n_fin += cnt[l];
-    const double n = (double)n_fin, sum_d = kd_acc_sum_v4d(s[0]);
+    const double n = (double)n_fin, sum_d = ACC_SUM(s);
     const double mean_d = n > 0 ? sum_d / n : NAN;
-    double ss = kd_acc_sum_v4d(q[0]) - mean_d * sum_d;
+    double ss = ACC_SUM(q) - mean_d * sum_d;
     ss = ss > 0 ? ss : 0.0;
     *mean_out = shift + mean_d;
     *std_out = n - ddof > 0 ? sqrt(ss / (n - ddof)) : 0.0;

@@ -48,6 +48,7 @@
 #define ACC kd_acc16
 #define ACC_ADD kd_acc_add_v16f
 #define ACC_MUL kd_acc_mul_v16f
+#define ACC_DEV kd_acc_dev_v16f
 #define ACC_SUM kd_acc_sum_v16f
 #else
 #define VL 8
@@ -74,6 +75,7 @@
 #define ACC kd_acc8
 #define ACC_ADD kd_acc_add_v8f
 #define ACC_MUL kd_acc_mul_v8f
+#define ACC_DEV kd_acc_dev_v8f
 #define ACC_SUM kd_acc_sum_v8f
 #endif
 #include "kd_impl.h"
@@ -107,6 +109,7 @@
 #undef ACC
 #undef ACC_ADD
 #undef ACC_MUL
+#undef ACC_DEV
 #undef ACC_SUM
 
 #define FT double

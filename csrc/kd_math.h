@@ -293,6 +293,15 @@ KD_VINLINE void kd_acc_mul_v8f(kd_acc8 *acc, kd_v8f x, kd_v8f y)
     acc->lo += kd_widen_v4f(kd_lo_v8f(x)) * kd_widen_v4f(kd_lo_v8f(y));
     acc->hi += kd_widen_v4f(kd_hi_v8f(x)) * kd_widen_v4f(kd_hi_v8f(y));
 }
+/* s += d, q += d^2 with d = x - shift in double (exact for float x, shift) */
+KD_VINLINE void kd_acc_dev_v8f(kd_acc8 *s, kd_acc8 *q, kd_v8f x, double shift)
+{
+    const kd_v4d lo = kd_widen_v4f(kd_lo_v8f(x)) - shift, hi = kd_widen_v4f(kd_hi_v8f(x)) - shift;
+    s->lo += lo;
+    s->hi += hi;
+    q->lo = kd_fma_v4d(lo, lo, q->lo);
+    q->hi = kd_fma_v4d(hi, hi, q->hi);
+}
 #ifdef KD_AVX2_FMA
 /* kd_sum_lanes of s0..s3 = lo, s4..s7 = hi in registers (the same additions:
  * hadd gives s0+s1, s4+s5, s2+s3, s6+s7), and of four lanes,
@@ -642,6 +651,14 @@ KD_VINLINE void kd_acc_mul_v16f(kd_acc16 *acc, kd_v16f x, kd_v16f y)
 {
     acc->lo += kd_widen_lo_v16f(x) * kd_widen_lo_v16f(y);
     acc->hi += kd_widen_hi_v16f(x) * kd_widen_hi_v16f(y);
+}
+KD_VINLINE void kd_acc_dev_v16f(kd_acc16 *s, kd_acc16 *q, kd_v16f x, double shift)
+{
+    const kd_v8d lo = kd_widen_lo_v16f(x) - shift, hi = kd_widen_hi_v16f(x) - shift;
+    s->lo += lo;
+    s->hi += hi;
+    q->lo = kd_fma_v8d(lo, lo, q->lo);
+    q->hi = kd_fma_v8d(hi, hi, q->hi);
 }
 KD_VINLINE double kd_acc_sum_v8d(kd_v8d acc)
 {
