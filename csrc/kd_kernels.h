@@ -49,6 +49,8 @@
 #define ACC_ADD kd_acc_add_v16f
 #define ACC_MUL kd_acc_mul_v16f
 #define ACC_DEV kd_acc_dev_v16f
+#define ACC_WDEV kd_acc_wdev_v16f
+#define VADD_CDEV kd_add_cdev_v16f
 #define ACC_SUM kd_acc_sum_v16f
 #else
 #define VL 8
@@ -76,6 +78,8 @@
 #define ACC_ADD kd_acc_add_v8f
 #define ACC_MUL kd_acc_mul_v8f
 #define ACC_DEV kd_acc_dev_v8f
+#define ACC_WDEV kd_acc_wdev_v8f
+#define VADD_CDEV kd_add_cdev_v8f
 #define ACC_SUM kd_acc_sum_v8f
 #endif
 #include "kd_impl.h"
@@ -110,6 +114,8 @@
 #undef ACC_ADD
 #undef ACC_MUL
 #undef ACC_DEV
+#undef ACC_WDEV
+#undef VADD_CDEV
 #undef ACC_SUM
 
 #define FT double

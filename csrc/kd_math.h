@@ -302,6 +302,12 @@ KD_VINLINE void kd_acc_dev_v8f(kd_acc8 *s, kd_acc8 *q, kd_v8f x, double shift)
     q->lo = kd_fma_v4d(lo, lo, q->lo);
     q->hi = kd_fma_v4d(hi, hi, q->hi);
 }
+/* acc += w (x - shift) in double */
+KD_VINLINE void kd_acc_wdev_v8f(kd_acc8 *acc, kd_v8f w, kd_v8f x, double shift)
+{
+    acc->lo = kd_fma_v4d(kd_widen_v4f(kd_lo_v8f(w)), kd_widen_v4f(kd_lo_v8f(x)) - shift, acc->lo);
+    acc->hi = kd_fma_v4d(kd_widen_v4f(kd_hi_v8f(w)), kd_widen_v4f(kd_hi_v8f(x)) - shift, acc->hi);
+}
 #ifdef KD_AVX2_FMA
 /* kd_sum_lanes of s0..s3 = lo, s4..s7 = hi in registers (the same additions:
  * hadd gives s0+s1, s4+s5, s2+s3, s6+s7), and of four lanes,
@@ -525,6 +531,15 @@ KD_VINLINE kd_v8f kd_join_v8f(kd_v4d lo, kd_v4d hi)
 {
     return kd_concat_v4f(kd_narrow_v4d(lo), kd_narrow_v4d(hi));
 }
+/* g + c (x - shift) in double, rounded once; lanes x = -inf add nothing */
+KD_VINLINE kd_v8f kd_add_cdev_v8f(kd_v8f g, double c, kd_v8f x, double shift)
+{
+    const kd_v4d zero = {0}, xl = kd_widen_v4f(kd_lo_v8f(x)), xh = kd_widen_v4f(kd_hi_v8f(x));
+    const kd_v4d dl = kd_sel_v4d(xl > -INFINITY, xl - shift, zero);
+    const kd_v4d dh = kd_sel_v4d(xh > -INFINITY, xh - shift, zero);
+    return kd_join_v8f(kd_fma_v4d(zero + c, dl, kd_widen_v4f(kd_lo_v8f(g))),
+                       kd_fma_v4d(zero + c, dh, kd_widen_v4f(kd_hi_v8f(g))));
+}
 KD_VINLINE kd_v4d kd_part_v4d(kd_v4d x, int i)
 {
     (void)i;
@@ -659,6 +674,21 @@ KD_VINLINE void kd_acc_dev_v16f(kd_acc16 *s, kd_acc16 *q, kd_v16f x, double shif
     s->hi += hi;
     q->lo = kd_fma_v8d(lo, lo, q->lo);
     q->hi = kd_fma_v8d(hi, hi, q->hi);
+}
+KD_VINLINE void kd_acc_wdev_v16f(kd_acc16 *acc, kd_v16f w, kd_v16f x, double shift)
+{
+    acc->lo = kd_fma_v8d(kd_widen_lo_v16f(w), kd_widen_lo_v16f(x) - shift, acc->lo);
+    acc->hi = kd_fma_v8d(kd_widen_hi_v16f(w), kd_widen_hi_v16f(x) - shift, acc->hi);
+}
+KD_VINLINE kd_v16f kd_add_cdev_v16f(kd_v16f g, double c, kd_v16f x, double shift)
+{
+    const kd_v8d zero = {0}, xl = kd_widen_lo_v16f(x), xh = kd_widen_hi_v16f(x);
+    const kd_v8d dl = kd_sel_v8d(xl > -INFINITY, xl - shift, zero);
+    const kd_v8d dh = kd_sel_v8d(xh > -INFINITY, xh - shift, zero);
+    const __m256 lo = _mm512_cvtpd_ps((__m512d)kd_fma_v8d(zero + c, dl, kd_widen_lo_v16f(g)));
+    const __m256 hi = _mm512_cvtpd_ps((__m512d)kd_fma_v8d(zero + c, dh, kd_widen_hi_v16f(g)));
+    return (kd_v16f)_mm512_castpd_ps(_mm512_insertf64x4(
+        _mm512_castpd256_pd512(_mm256_castps_pd(lo)), _mm256_castps_pd(hi), 1));
 }
 KD_VINLINE double kd_acc_sum_v8d(kd_v8d acc)
 {
