@@ -8,6 +8,7 @@ deliver there, so that a faster summation cannot quietly trade it away:
   the 1 would round those terms away; float partials leave the maxima's 1s
   out (they are counted exactly), so the loss keeps its relative accuracy,
   on every build and every kernel that takes the sum.
+  row_stats' entropy and top-1 probability of such rows likewise.
 - KL-type divergences (JSD and the skew KLs too): the loss A/sT - log sT +
   log sS comes out of terms of the size of the log-ratio E|log pT - log pS|,
   so its error is bounded in units of float32's rounding u times that size
@@ -54,6 +55,24 @@ def test_ce_confident_rows(ckd, ref, each_isa, how, shape, scale):
     # exps in double, or in float partials without the maxima's 1s
     rel = np.abs(got - truth) / truth
     assert rel.max() <= 16 * U32, f"worst relative error {rel.max():.2e}"
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("scale", [3.0, 8.0])
+@pytest.mark.parametrize("t", [1.0, 2.0])
+def test_row_stats_confident_rows(ckd, ref, each_isa, shape, scale, t):
+    """row_stats' entropy and top-1 probability of confident rows: log s and
+    sum e (x - m)/t, the sums in float partials without the maxima's 1s,
+    keep a few roundings of each (small) result."""
+    rng = np.random.default_rng(int(scale) * 100 + shape[1])
+    z = _logits(shape, scale, rng)
+    got = ckd.row_stats(z, t)
+    truth = ref.diagnostics.row_stats(z.astype(np.float64), t)
+    assert truth.entropy.min() > 0
+    for name in ("entropy", "top1_prob", "sharpness"):
+        g, w = getattr(got, name), getattr(truth, name)
+        rel = np.abs(g - w) / np.abs(w)
+        assert rel.max() <= 16 * U32, f"{name}: worst relative error {rel.max():.2e}"
 
 
 def _log_ratio_size(z, v):
