@@ -500,8 +500,9 @@ static inline __attribute__((always_inline)) VEC NAME(cached_exp)(const FT *c, i
  * the larger of pS, pT times w = c_big + c_small e^-v (c_big: the
  * coefficient of the larger one), so with L = log w
  *     log p_big - log M = -L,    log p_small - log M = -v - L:
- * one exp and one log per element, of w in [c_big, 1], where a float log
- * is accurate (log M - log p never cancels), and u comes from differences
+ * one division (e^-v = p_small / p_big) and one log per element, of w in
+ * [c_big, 1], where a float log is accurate (log M - log p never cancels),
+ * and u comes from differences
  * of the row-shifted logits, log sS - log sT carried in two floats. Each
  * term is then within a few float roundings of its size (about 1e-7 pT or
  * pS absolute), where the double-lane terms carry only the inputs' and the
