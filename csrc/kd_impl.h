@@ -842,9 +842,7 @@ static void NAME(row_mean_std)(const FT *x, int64_t C, int ddof, double shift,
      * Samuelson), far below a float's rounding. In double lanes of the
      * accumulators' width, not VPARTS four-lane parts into one chain of
      * adds; two passes took 0.4 of an ATKD step. */
-    ACC s, q;
-    memset(&s, 0, sizeof s);
-    memset(&q, 0, sizeof q);
+    ACC s = {0}, q = {0};
     VINT cnt = {0};
     const VEC vshift = (VEC){0} + (FT)shift;
     for (int64_t j = 0; j < C; j += VL) {
@@ -909,10 +907,7 @@ static void NAME(row_atkd_sums)(const FT *z, const FT *v, int64_t C, FT mz, FT m
 #if KD_FLOAT_ROWS
     /* in the accumulators' double lanes, not four-double parts into one
      * chain of adds: 1.13x the ATKD step (512 x 32000, 1 thread) */
-    ACC a, b, b0;
-    memset(&a, 0, sizeof a);
-    memset(&b, 0, sizeof b);
-    memset(&b0, 0, sizeof b0);
+    ACC a = {0}, b = {0}, b0 = {0};
 #else
     const kd_v4d zero = {0}, ninf = zero - INFINITY;
     kd_v4d a = {0}, b = {0}, b0 = {0};
