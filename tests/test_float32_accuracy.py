@@ -215,7 +215,7 @@ def test_exp_error_per_element(ckd, each_isa, lo, hi, bound):
     terms, so p_j is the kernel's exp times a rounded 1/s, one rounding or
     two from the truth. The fused builds reduce by ln 2 rounded to float
     (kd_math.h, KD_EXPF_REDUCE): 1.5 roundings for x >= -10 and 5 near the
-    float floor, where a careless reduction (the product x log2(e) rounded
+    float floor (the AVX-512 build's table exp 1.8 and 5.3), where a careless reduction (the product x log2(e) rounded
     first: 9 and 65) would show.
     """
     rng = np.random.default_rng(int(-lo))
