@@ -15,6 +15,7 @@ from hypothesis import given, strategies as st
 from hypothesis.extra import numpy as hnp
 
 import kdtemp
+from isa_builds import builds, using
 from kdtemp.reference import dkd as ref
 
 IMPLS = {"kdtemp": kdtemp, "reference": ref}
@@ -251,6 +252,46 @@ def test_confident_target(request, dtype, margin, temperature):
     z, v = z.astype(dtype), v.astype(dtype)
     c = compare(z, v, y, temperature=temperature, reduction="none")
     assert np.isfinite(c.loss).all() and np.all(c.loss > 0)
+
+
+@pytest.mark.parametrize("isa", builds())
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("ce_weight,temperature", [(0.0, 4.0), (0.5, 1.0), (0.3, 2.0)])
+@pytest.mark.parametrize("c", [7, 53, 3001])
+def test_target_maximum_or_not(request, isa, dtype, ce_weight, temperature, c):
+    """Rows whose target is below both rows' maxima take one sums pass over the
+    non-targets (their maxima are the row's) and keep its exps for the
+    gradient; a target that is a maximum of either side, alone or tied, takes
+    the non-target maxima of their own. Every kind, with the target at either
+    end and inside the row, a -inf target and masked entries, on every build,
+    against the twin and PyTorch; rows 0-2 and 8-11 take the one pass."""
+    rng = _rng(request)
+    n = 12
+    z, v = _logits(rng, (n, c), np.float64), _logits(rng, (n, c), np.float64, spread=5.0)
+    y = np.array([0, c - 1, c // 2, 1, c - 2, c // 3, 0, c - 1, c // 2, 2, c // 4, c - 3])
+    r = np.arange(n)
+    zmax, vmax = z.max(1), v.max(1)
+    z[3, y[3]] = zmax[3] + 1.0                            # the student's unique max
+    v[4, y[4]] = vmax[4] + 1.0                            # the teacher's
+    z[5, y[5]], v[5, y[5]] = zmax[5] + 2.0, vmax[5] + 0.5  # both
+    z[6, y[6]] = zmax[6]                                  # tied with another max
+    v[7, y[7]] = vmax[7]
+    z[8, y[8]] = zmax[8] - 300.0                          # exps of 0 in float32
+    v[9, y[9]] = -np.inf                                  # the teacher rules it out
+    hole = rng.random((n, c)) < 0.2                       # masked vocabulary
+    hole[r, y] = False
+    hole[r, z.argmax(1)] = hole[r, v.argmax(1)] = False
+    hole[10:] = False
+    z[hole] = v[hole] = -np.inf
+    z, v = z.astype(dtype), v.astype(dtype)
+    with using(isa):
+        compare(z, v, y, temperature=temperature, ce_weight=ce_weight, reduction="none",
+                what=isa)
+        no_grad = kdtemp.dkd_loss(z, v, y, temperature=temperature, ce_weight=ce_weight,
+                                  reduction="none", compute_grad=False)
+        full = kdtemp.dkd_loss(z, v, y, temperature=temperature, ce_weight=ce_weight,
+                               reduction="none")
+    assert np.array_equal(no_grad.loss, full.loss)  # the loss has the same bits either way
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
