@@ -969,6 +969,27 @@ typedef struct {
     double sS, sT, A;
 } NAME(kd_nt);
 
+/* row_kl_sums over the columns j != y (those before y and those after, each
+ * through the vector row loops), shifted by mz and mv, into r; with cS (cT)
+ * not NULL the exps are kept there, column y left as it was; nz, nv, ng
+ * are prefetched as row_kl_sums does */
+static void NAME(row_nt_kl_sums)(const FT *z, const FT *v, int64_t C, int64_t y, FT mz,
+                                 FT mv, FT inv_s, FT inv_t, FT *cS, FT *cT, const FT *nz,
+                                 const FT *nv, const FT *ng, NAME(kd_nt) *r)
+{
+    const int64_t y1 = y + 1;
+    double sS1, sT1, A1;
+    NAME(row_kl_sums)(z, v, y, mz, mv, inv_s, inv_t, &r->sS, &r->sT, &r->A, cS, cT, nz, nv, ng);
+    NAME(row_kl_sums)(z + y1, v + y1, C - y1, mz, mv, inv_s, inv_t, &sS1, &sT1, &A1,
+                      cS ? cS + y1 : NULL, cT ? cT + y1 : NULL, nz ? nz + y1 : NULL,
+                      nv ? nv + y1 : NULL, ng ? ng + y1 : NULL);
+    r->mz = mz;
+    r->mv = mv;
+    r->sS += sS1;
+    r->sT += sT1;
+    r->A += A1;
+}
+
 static NAME(kd_nt) NAME(row_dkd_sums)(const FT *z, const FT *v, int64_t C, int64_t y,
                                       FT inv_s, FT inv_t)
 {
@@ -985,14 +1006,8 @@ static NAME(kd_nt) NAME(row_dkd_sums)(const FT *z, const FT *v, int64_t C, int64
     r.sS = r.sT = r.A = 0.0;
     const int has_s = mz > -INFINITY, has_t = mv > -INFINITY;
     if (has_s && has_t) {
-        double sS1, sT1, A1;
-        NAME(row_kl_sums)(z, v, y, mz, mv, inv_s, inv_t, &r.sS, &r.sT, &r.A, NULL, NULL, NULL,
-                          NULL, NULL);
-        NAME(row_kl_sums)(z1, v1, C1, mz, mv, inv_s, inv_t, &sS1, &sT1, &A1, NULL, NULL, NULL,
-                          NULL, NULL);
-        r.sS += sS1;
-        r.sT += sT1;
-        r.A += A1;
+        NAME(row_nt_kl_sums)(z, v, C, y, mz, mv, inv_s, inv_t, NULL, NULL, NULL, NULL, NULL,
+                             &r);
     } else if (has_s) {
         r.sS = NAME(row_sumexp)(z, y, mz, inv_s, NULL) +
                NAME(row_sumexp)(z1, C1, mz, inv_s, NULL);
@@ -1020,18 +1035,8 @@ static NAME(kd_nt) NAME(row_dkd_fast_sums)(const FT *z, const FT *v, int64_t C, 
                                            const FT *nv, const FT *ng)
 {
     NAME(kd_nt) r;
-    double sS1, sT1, A1;
-    const int64_t C1 = C - y - 1;
     const FT by = (z[y] - mz) * inv_s, ay = (v[y] - mv) * inv_t;
-    NAME(row_kl_sums)(z, v, y, mz, mv, inv_s, inv_t, &r.sS, &r.sT, &r.A, cS, cT, nz, nv, ng);
-    NAME(row_kl_sums)(z + y + 1, v + y + 1, C1, mz, mv, inv_s, inv_t, &sS1, &sT1, &A1,
-                      cS ? cS + y + 1 : NULL, cT ? cT + y + 1 : NULL, nz ? nz + y + 1 : NULL,
-                      nv ? nv + y + 1 : NULL, ng ? ng + y + 1 : NULL);
-    r.mz = mz;
-    r.mv = mv;
-    r.sS += sS1;
-    r.sT += sT1;
-    r.A += A1;
+    NAME(row_nt_kl_sums)(z, v, C, y, mz, mv, inv_s, inv_t, cS, cT, nz, nv, ng, &r);
     *sS_out = r.sS + exp((double)by);
     *sT_out = r.sT + exp((double)ay);
     if (cS)
@@ -1087,17 +1092,18 @@ static inline __attribute__((always_inline)) void NAME(kl_cached_grad)(FT *g, co
                                                                         FT shift)
 {
     int64_t j = 0;
-    if (e1) {
-        for (; j + VL <= C; j += VL)
-            VSTORE(g + j, (cS * VLOAD(g + j) - cT * VLOAD(e + j) + c1 * VLOAD(e1 + j)) - shift);
-        for (; j < C; j++)
-            g[j] = (cS * g[j] - cT * e[j] + c1 * e1[j]) - shift;
-        return;
+    for (; j + VL <= C; j += VL) {
+        VEC gj = cS * VLOAD(g + j) - cT * VLOAD(e + j);
+        if (e1)
+            gj += c1 * VLOAD(e1 + j);
+        VSTORE(g + j, gj - shift);
     }
-    for (; j + VL <= C; j += VL)
-        VSTORE(g + j, cS * VLOAD(g + j) - cT * VLOAD(e + j) - shift);
-    for (; j < C; j++)
-        g[j] = cS * g[j] - cT * e[j] - shift;
+    for (; j < C; j++) {
+        FT gj = cS * g[j] - cT * e[j];
+        if (e1)
+            gj += c1 * e1[j];
+        g[j] = gj - shift;
+    }
 }
 
 /* Forward KL alone, with its gradient, on rows i0 .. i_end - 1 (a group of
@@ -1426,7 +1432,7 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
         /* CE alone: its exps go straight into g for the gradient pass; with
          * KL at tS != 1 into ce_exps (at tS = 1 the gradient takes pS for them) */
         const int ce_cached = use_ce && !use_kd && g;
-        FT *const ce_e = ce_exps && !blk && inv_s != (FT)1 ? ce_exps : NULL;
+        FT *const ce_e = ce_exps && inv_s != (FT)1 ? ce_exps : NULL;
         if (use_ce) {
             double zsum;
             const double zy = blk ? blk_zy : (double)z[y]; /* before g (maybe z) is written */
