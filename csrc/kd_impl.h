@@ -11,8 +11,9 @@
  *   VHMAX, VANY    largest lane of a running max; any lane of a mask set
  *   VLOADTAIL, VSTORETAIL  the first n < VL elements
  *   ACC, ACC_ADD, ACC_MUL, ACC_SUM  double accumulators of VL lanes
- *   ACC_DEV, ACC_WDEV  (float rows) s += x - shift, q += (x - shift)^2;
- *                  acc += w (x - shift); VADD_CDEV: g + c (x - shift) in double
+ *   ACC_DEV_FIN, ACC_WDEV  (float rows) s += x - shift, q += (x - shift)^2
+ *                  and a VTOPS count over the lanes x > -inf; acc += w (x - shift);
+ *                  VADD_CDEV: g + c (x - shift) in double
  *   VEXP_OFF_TOP, VOFF_TOP, VTOPS, VTOPS_COUNT  (float rows) exps with the
  *                  lanes x == 0 zeroed and counted in a VTOPS (kd_math.h)
  */
@@ -843,17 +844,12 @@ static void NAME(row_mean_std)(const FT *x, int64_t C, int ddof, double shift,
      * accumulators' width, not VPARTS four-lane parts into one chain of
      * adds; two passes took 0.4 of an ATKD step. */
     ACC s = {0}, q = {0};
-    VINT cnt = {0};
-    const VEC vshift = (VEC){0} + (FT)shift;
+    VTOPS cnt = {0};
     for (int64_t j = 0; j < C; j += VL) {
         const VEC xx = j + VL <= C ? VLOAD(x + j) : NAME(load_tail)(x + j, C - j, -INFINITY);
-        const VINT fin = xx > -INFINITY; /* -1 where finite (or +inf, NaN: not) */
-        cnt -= fin;
-        ACC_DEV(&s, &q, VSEL(fin, xx, vshift), shift); /* an excluded entry's d is 0 */
+        ACC_DEV_FIN(&s, &q, &cnt, xx, shift); /* the entries > -inf (+inf too, NaN not) */
     }
-    int64_t n_fin = 0;
-    for (int l = 0; l < VL; l++)
-        n_fin += cnt[l];
+    const int64_t n_fin = VTOPS_COUNT(cnt);
     const double n = (double)n_fin, sum_d = ACC_SUM(s);
     const double mean_d = n > 0 ? sum_d / n : NAN;
     double ss = ACC_SUM(q) - mean_d * sum_d;

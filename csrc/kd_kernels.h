@@ -48,7 +48,7 @@
 #define ACC kd_acc16
 #define ACC_ADD kd_acc_add_v16f
 #define ACC_MUL kd_acc_mul_v16f
-#define ACC_DEV kd_acc_dev_v16f
+#define ACC_DEV_FIN kd_acc_dev_fin_v16f
 #define ACC_WDEV kd_acc_wdev_v16f
 #define VADD_CDEV kd_add_cdev_v16f
 #define ACC_SUM kd_acc_sum_v16f
@@ -77,7 +77,7 @@
 #define ACC kd_acc8
 #define ACC_ADD kd_acc_add_v8f
 #define ACC_MUL kd_acc_mul_v8f
-#define ACC_DEV kd_acc_dev_v8f
+#define ACC_DEV_FIN kd_acc_dev_fin_v8f
 #define ACC_WDEV kd_acc_wdev_v8f
 #define VADD_CDEV kd_add_cdev_v8f
 #define ACC_SUM kd_acc_sum_v8f
@@ -113,7 +113,7 @@
 #undef ACC
 #undef ACC_ADD
 #undef ACC_MUL
-#undef ACC_DEV
+#undef ACC_DEV_FIN
 #undef ACC_WDEV
 #undef VADD_CDEV
 #undef ACC_SUM

@@ -294,9 +294,14 @@ KD_VINLINE void kd_acc_mul_v8f(kd_acc8 *acc, kd_v8f x, kd_v8f y)
     acc->lo += kd_widen_v4f(kd_lo_v8f(x)) * kd_widen_v4f(kd_lo_v8f(y));
     acc->hi += kd_widen_v4f(kd_hi_v8f(x)) * kd_widen_v4f(kd_hi_v8f(y));
 }
-/* s += d, q += d^2 with d = x - shift in double (exact for float x, shift) */
-KD_VINLINE void kd_acc_dev_v8f(kd_acc8 *s, kd_acc8 *q, kd_v8f x, double shift)
+/* s += d, q += d^2 with d = x - shift in double (exact for float x, shift),
+ * and n += 1, over the lanes x > -inf (the others' d is 0; NaN is not
+ * counted); shift is a float value */
+KD_VINLINE void kd_acc_dev_fin_v8f(kd_acc8 *s, kd_acc8 *q, kd_v8i *n, kd_v8f x, double shift)
 {
+    const kd_v8i fin = x > -INFINITY;
+    *n -= fin; /* (true is -1) */
+    x = kd_sel_v8f(fin, x, (kd_v8f){0} + (float)shift);
     const kd_v4d lo = kd_widen_v4f(kd_lo_v8f(x)) - shift, hi = kd_widen_v4f(kd_hi_v8f(x)) - shift;
     s->lo += lo;
     s->hi += hi;
@@ -698,9 +703,19 @@ KD_VINLINE void kd_acc_mul_v16f(kd_acc16 *acc, kd_v16f x, kd_v16f y)
     acc->lo += kd_widen_lo_v16f(x) * kd_widen_lo_v16f(y);
     acc->hi += kd_widen_hi_v16f(x) * kd_widen_hi_v16f(y);
 }
-KD_VINLINE void kd_acc_dev_v16f(kd_acc16 *s, kd_acc16 *q, kd_v16f x, double shift)
+/* the lanes' count goes to an int64 from the mask (popcount), and the
+ * excluded lanes' d to 0 in the masked subtract: against a count in a
+ * vector and a select before the widening, 2 of 11 operations (the
+ * row_stats and ATKD std pass) */
+KD_VINLINE void kd_acc_dev_fin_v16f(kd_acc16 *s, kd_acc16 *q, int64_t *n, kd_v16f x,
+                                    double shift)
 {
-    const kd_v8d lo = kd_widen_lo_v16f(x) - shift, hi = kd_widen_hi_v16f(x) - shift;
+    const __mmask16 fin = _mm512_cmp_ps_mask((__m512)x, _mm512_set1_ps(-INFINITY), _CMP_GT_OQ);
+    *n += _mm_popcnt_u32(_cvtmask16_u32(fin));
+    const __m512d sh = _mm512_set1_pd(shift);
+    const kd_v8d lo = (kd_v8d)_mm512_maskz_sub_pd((__mmask8)fin, (__m512d)kd_widen_lo_v16f(x), sh);
+    const kd_v8d hi = (kd_v8d)_mm512_maskz_sub_pd((__mmask8)(_cvtmask16_u32(fin) >> 8),
+                                                  (__m512d)kd_widen_hi_v16f(x), sh);
     s->lo += lo;
     s->hi += hi;
     q->lo = kd_fma_v8d(lo, lo, q->lo);
