@@ -9,6 +9,7 @@
  *   VLOAD, VSTORE, VSEL, VMAX, VEXP, VFMA  vector load, store, select, max, exp,
  *                  multiply-add (fused in the AVX2 and AVX-512 builds)
  *   VHMAX, VANY    largest lane of a running max; any lane of a mask set
+ *   VANY_EQ        whether any lane of two vectors is equal
  *   VLOADTAIL, VSTORETAIL  the first n < VL elements
  *   ACC, ACC_ADD, ACC_MUL, ACC_SUM  double accumulators of VL lanes
  *   ACC_DEV_FIN, ACC_WDEV  (float rows) s += x - shift, q += (x - shift)^2
@@ -827,37 +828,77 @@ static void NAME(row_h_grad)(const FT *z, int64_t C, FT mz, double sS, double co
     }
 }
 
-/* Mean and standard deviation (ddof) of a row's finite entries, -inf
- * excluded; *n_finite gets their count. The std is 0 when n_finite <= ddof.
- * Deviations are taken in double, of x - shift with shift one of the row's
- * values (its max): a constant row then has a std of exactly 0, where the
+/* A row's mean and standard deviation (ddof) over its finite entries, -inf
+ * excluded, and their count */
+typedef struct {
+    double mean, std;
+    int64_t n_fin;
+} NAME(row_dev);
+
+/* The first finite entry of a row (0 if none): row_max_dev_as' shift. Any
+ * of the row's values keeps a constant row's std exactly 0 (where the
  * rounding of an inexact mean would leave noise that ATKD's gradient divides
- * by. */
-static void NAME(row_mean_std)(const FT *x, int64_t C, int ddof, double shift,
-                               double *mean_out, double *std_out, int64_t *n_finite)
+ * by) and bounds the cancellation as the max does (Samuelson's bound holds
+ * for each entry); the first one is known before the row is read, so the
+ * max can be taken in the same pass. */
+static double NAME(dev_shift)(const FT *x, int64_t C)
 {
+    int64_t j = 0;
+    for (; j + VL <= C; j += VL) { /* past a masked (-inf) prefix */
+        const VEC xx = VLOAD(x + j);
+        if (VANY((xx > -INFINITY) & (xx < INFINITY)))
+            break;
+    }
+    for (; j < C; j++)
+        if (isfinite(x[j]))
+            return (double)x[j];
+    return 0.0;
+}
+
+/* The row's row_dev into dev (the std is 0 when n_fin <= ddof), with
+ * want_max also its max and NaN check as row_max: one pass for float rows.
+ * Deviations are taken in double, of x - shift (dev_shift). */
+static inline __attribute__((always_inline)) FT
+NAME(row_max_dev_as)(const int want_max, const FT *x, int64_t C, int ddof, int *nonfinite,
+                     NAME(row_dev) *dev)
+{
+    const double shift = NAME(dev_shift)(x, C);
 #if KD_FLOAT_ROWS
-    /* Float rows in one pass: d = x - shift is exact in double, and
+    /* d = x - shift is exact in double, and
      * sum (d - mean_d)^2 = sum d^2 - mean_d sum d loses at most log2(n) of
-     * double's bits to cancellation (|max - mean| <= std sqrt(n - 1),
+     * double's bits to cancellation (|shift - mean| <= std sqrt(n - 1),
      * Samuelson), far below a float's rounding. In double lanes of the
      * accumulators' width, not VPARTS four-lane parts into one chain of
-     * adds; two passes took 0.4 of an ATKD step. */
+     * adds; two passes took 0.4 of an ATKD step. The max rides along: a
+     * pass of its own cost row_stats 1.1x (2048 x 32000, 1 thread). */
     ACC s = {0}, q = {0};
     VTOPS cnt = {0};
+    VEC m0 = (VEC){0} - INFINITY;
+    VINT nan = {0};
     for (int64_t j = 0; j < C; j += VL) {
         const VEC xx = j + VL <= C ? VLOAD(x + j) : NAME(load_tail)(x + j, C - j, -INFINITY);
+        if (want_max) {
+            m0 = VMAX(xx, m0);
+            nan |= xx != xx;
+        }
         ACC_DEV_FIN(&s, &q, &cnt, xx, shift); /* the entries > -inf (+inf too, NaN not) */
+    }
+    FT mx = 0;
+    if (want_max) {
+        mx = VHMAX(m0);
+        *nonfinite = VANY(nan) || mx == INFINITY;
     }
     const int64_t n_fin = VTOPS_COUNT(cnt);
     const double n = (double)n_fin, sum_d = ACC_SUM(s);
     const double mean_d = n > 0 ? sum_d / n : NAN;
     double ss = ACC_SUM(q) - mean_d * sum_d;
     ss = ss > 0 ? ss : 0.0;
-    *mean_out = shift + mean_d;
-    *std_out = n - ddof > 0 ? sqrt(ss / (n - ddof)) : 0.0;
-    *n_finite = n_fin;
+    dev->mean = shift + mean_d;
+    dev->std = n - ddof > 0 ? sqrt(ss / (n - ddof)) : 0.0;
+    dev->n_fin = n_fin;
+    return mx;
 #else
+    const FT mx = want_max ? NAME(row_max)(x, C, nonfinite) : 0;
     const kd_v4d zero = {0}, one = zero + 1.0, ninf = zero - INFINITY;
     kd_v4d s = {0}, c = {0}, q = {0};
     for (int64_t j = 0; j < C; j += VL) {
@@ -878,10 +919,16 @@ static void NAME(row_mean_std)(const FT *x, int64_t C, int ddof, double shift,
             q += d * d;
         }
     }
-    *mean_out = shift + mean_d;
-    *std_out = n - ddof > 0 ? sqrt(kd_acc_sum_v4d(q) / (n - ddof)) : 0.0;
-    *n_finite = (int64_t)n;
+    dev->mean = shift + mean_d;
+    dev->std = n - ddof > 0 ? sqrt(kd_acc_sum_v4d(q) / (n - ddof)) : 0.0;
+    dev->n_fin = (int64_t)n;
+    return mx;
 #endif
+}
+
+static void NAME(row_mean_std)(const FT *x, int64_t C, int ddof, NAME(row_dev) *dev)
+{
+    NAME(row_max_dev_as)(0, x, C, ddof, NULL, dev);
 }
 
 /* ATKD with the gradient through tS: row_kl_sums' three sums (the same
@@ -1042,13 +1089,10 @@ static NAME(kd_nt) NAME(row_dkd_fast_sums)(const FT *z, const FT *v, int64_t C, 
     return r;
 }
 
-/* Check one row of one array: max, finiteness, all -inf. */
-static int NAME(check_row)(const FT *x, int64_t C, int check_finite,
-                           int err_nonfinite, int err_allinf, FT *max_out)
+/* check_row's verdict on a row of max m */
+static int NAME(row_code)(FT m, int nonfinite, int check_finite, int err_nonfinite,
+                          int err_allinf)
 {
-    int nonfinite;
-    FT m = NAME(row_max)(x, C, &nonfinite);
-    *max_out = m;
     if (check_finite && nonfinite)
         return err_nonfinite;
     if (m == -INFINITY)
@@ -1056,12 +1100,34 @@ static int NAME(check_row)(const FT *x, int64_t C, int check_finite,
     return KD_OK;
 }
 
+/* Check one row of one array: max, finiteness, all -inf. */
+static int NAME(check_row)(const FT *x, int64_t C, int check_finite,
+                           int err_nonfinite, int err_allinf, FT *max_out)
+{
+    int nonfinite;
+    FT m = NAME(row_max)(x, C, &nonfinite);
+    *max_out = m;
+    return NAME(row_code)(m, nonfinite, check_finite, err_nonfinite, err_allinf);
+}
+
+/* check_row with the row's row_dev (ddof) in the same pass */
+static int NAME(check_row_dev)(const FT *x, int64_t C, int check_finite, int err_nonfinite,
+                               int err_allinf, int ddof, FT *max_out, NAME(row_dev) *dev)
+{
+    int nonfinite;
+    const FT m = NAME(row_max_dev_as)(1, x, C, ddof, &nonfinite, dev);
+    *max_out = m;
+    return NAME(row_code)(m, nonfinite, check_finite, err_nonfinite, err_allinf);
+}
+
 /* Labels and the logits of row i of a KD loss; the row maxima go to mzv[0]
- * (student) and mzv[1] (teacher, 0 without the KD term). */
+ * (student) and mzv[1] (teacher, 0 without the KD term). With dev not NULL
+ * (ATKD's std temperatures; teacher not NULL) the rows' row_dev (p->ddof)
+ * go to dev[0] and dev[1], in the same passes. */
 static int NAME(check_kd_row)(const FT *student, int64_t student_stride, const FT *teacher,
                               int64_t teacher_stride, int64_t C, const kd_rows *rows,
                               const kd_params *p, int needs_labels, int use_kd, int64_t i,
-                              FT *mzv)
+                              FT *mzv, NAME(row_dev) *dev)
 {
     mzv[0] = mzv[1] = 0;
     if (needs_labels) {
@@ -1069,11 +1135,19 @@ static int NAME(check_kd_row)(const FT *student, int64_t student_stride, const F
         if (y < 0 || y >= C)
             return KD_ERR_LABEL;
     }
-    int code = NAME(check_row)(student + i * student_stride, C, p->check_finite,
-                               KD_ERR_NONFINITE_STUDENT, KD_ERR_ALLINF_STUDENT, &mzv[0]);
+    const FT *z = student + i * student_stride;
+    const FT *v = teacher ? teacher + i * teacher_stride : NULL;
+    int code = dev ? NAME(check_row_dev)(z, C, p->check_finite, KD_ERR_NONFINITE_STUDENT,
+                                         KD_ERR_ALLINF_STUDENT, p->ddof, &mzv[0], &dev[0])
+                   : NAME(check_row)(z, C, p->check_finite, KD_ERR_NONFINITE_STUDENT,
+                                     KD_ERR_ALLINF_STUDENT, &mzv[0]);
     if (code == KD_OK && use_kd)
-        code = NAME(check_row)(teacher + i * teacher_stride, C, p->check_finite,
-                               KD_ERR_NONFINITE_TEACHER, KD_ERR_ALLINF_TEACHER, &mzv[1]);
+        code = dev ? NAME(check_row_dev)(v, C, p->check_finite, KD_ERR_NONFINITE_TEACHER,
+                                         KD_ERR_ALLINF_TEACHER, p->ddof, &mzv[1], &dev[1])
+                   : NAME(check_row)(v, C, p->check_finite, KD_ERR_NONFINITE_TEACHER,
+                                     KD_ERR_ALLINF_TEACHER, &mzv[1]);
+    else if (code == KD_OK && dev) /* a teacher without the KD term: not checked */
+        NAME(row_mean_std)(v, C, p->ddof, &dev[1]);
     return code;
 }
 
@@ -1149,7 +1223,7 @@ static void NAME(kl_group)(int64_t i0, int64_t i_end, int64_t n_rows, int64_t C,
         int code = KD_OK;
         if (!isfinite(mzv[k][0]) || !isfinite(mzv[k][1]))
             code = NAME(check_kd_row)(student, student_stride, teacher, teacher_stride, C,
-                                      rows, p, 0, 1, i, mzv[k]);
+                                      rows, p, 0, 1, i, mzv[k], NULL);
         KD_RECORD_ERROR(code, i, *bad_code, *bad_row);
         ok[k] = code == KD_OK;
     }
@@ -1178,7 +1252,7 @@ static void NAME(kl_group)(int64_t i0, int64_t i_end, int64_t n_rows, int64_t C,
         if (p->check_finite && (sS != sS || sT != sT)) {
             FT m2[2];
             int code = NAME(check_kd_row)(student, student_stride, teacher, teacher_stride, C,
-                                          rows, p, 0, 1, i, m2);
+                                          rows, p, 0, 1, i, m2, NULL);
             KD_RECORD_ERROR(code, i, *bad_code, *bad_row);
             if (code != KD_OK) {
                 ok[k] = 0;
@@ -1252,7 +1326,8 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
             if (!kd_row_counts(rows, i))
                 continue;
             int code = NAME(check_kd_row)(student, student_stride, teacher, teacher_stride, C,
-                                          rows, p, needs_labels, use_kd, i, &maxes[2 * i]);
+                                          rows, p, needs_labels, use_kd, i, &maxes[2 * i],
+                                          NULL);
             KD_RECORD_ERROR(code, i, bad_code, bad_row);
         }
         kd_team_finish(&team);
@@ -1355,6 +1430,8 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
             continue;
         }
         FT mzv[2] = {0, 0};
+        /* ATKD's row_dev, taken with the maxima (devs = dev) or after */
+        NAME(row_dev) dev[2], *devs = NULL;
         double blk_s1 = 0, blk_zsum = 0, blk_zy = 0;
         const int blk = ce_blocks && ce_fb;
         if (blk) {
@@ -1379,8 +1456,9 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
             mzv[0] = maxes[2 * i];
             mzv[1] = maxes[2 * i + 1];
         } else {
+            devs = p->adaptive && teacher ? dev : NULL;
             int code = NAME(check_kd_row)(student, student_stride, teacher, teacher_stride, C,
-                                          rows, p, needs_labels, use_kd, i, mzv);
+                                          rows, p, needs_labels, use_kd, i, mzv, devs);
             if (code != KD_OK) {
                 KD_RECORD_ERROR(code, i, bad_code, bad_row);
                 row_loss[i] = 0.0;
@@ -1402,12 +1480,15 @@ int NAME(kd_forward)(int64_t n_rows, int64_t n_cols,
         double tS, tT, mean_z = 0, std_z = 0;
         int64_t n_fin = C;
         if (p->adaptive && v_any) {
-            double mean_v, std_v;
-            int64_t n_fin_v;
-            NAME(row_mean_std)(z, C, p->ddof, (double)mz, &mean_z, &std_z, &n_fin);
-            NAME(row_mean_std)(v_any, C, p->ddof, (double)mv, &mean_v, &std_v, &n_fin_v);
+            if (!devs) {
+                NAME(row_mean_std)(z, C, p->ddof, &dev[0]);
+                NAME(row_mean_std)(v_any, C, p->ddof, &dev[1]);
+            }
+            mean_z = dev[0].mean;
+            std_z = dev[0].std;
+            n_fin = dev[0].n_fin;
             tS = p->base_temperature * (std_z + p->std_eps);
-            tT = p->base_temperature * (std_v + p->std_eps);
+            tT = p->base_temperature * (dev[1].std + p->std_eps);
         } else {
             tS = student_t.t[i * student_t.stride];
             tT = teacher_t.t[i * teacher_t.stride];
@@ -1885,8 +1966,9 @@ int NAME(kd_row_stats)(int64_t n_rows, int64_t n_cols, const FT *x, int64_t x_st
             continue;
         }
         FT m;
-        int code = NAME(check_row)(xi, C, check_finite, KD_ERR_NONFINITE_STUDENT,
-                                   KD_ERR_ALLINF_STUDENT, &m);
+        NAME(row_dev) dev;
+        int code = NAME(check_row_dev)(xi, C, check_finite, KD_ERR_NONFINITE_STUDENT,
+                                       KD_ERR_ALLINF_STUDENT, 0, &m, &dev);
         int64_t y = rows->labels ? rows->labels[i * rows->labels_stride] : 0;
         if (code == KD_OK && rows->labels && (y < 0 || y >= C))
             code = KD_ERR_LABEL;
@@ -1926,17 +2008,15 @@ int NAME(kd_row_stats)(int64_t n_rows, int64_t n_cols, const FT *x, int64_t x_st
          * half a row on average cost 1/7 of the call: 111-117 -> 96-97 ms at
          * 2048 x 32000, 141-143 -> 121 ms at 512 x 151936, one thread) */
         int64_t am = 0;
-        for (; am + VL <= C && !VANY(VLOAD(xi + am) == m); am += VL)
+        const VEC vm = (VEC){0} + m;
+        for (; am + VL <= C && !VANY_EQ(VLOAD(xi + am), vm); am += VL)
             ;
         while (am < C - 1 && xi[am] != m)
             am++;
-        double mean, sd;
-        int64_t n_fin;
-        NAME(row_mean_std)(xi, C, 0, (double)m, &mean, &sd, &n_fin);
         o->max[i] = (double)m;
         o->lse[i] = (double)m / tt + log(s);
-        o->mean[i] = mean;
-        o->std[i] = sd;
+        o->mean[i] = dev.mean;
+        o->std[i] = dev.std;
         o->entropy[i] = log(s) - h / s;
         o->top1[i] = 1.0 / s;
         o->argmax[i] = am;

@@ -35,6 +35,7 @@
 #define VMAX kd_max_v16f
 #define VHMAX kd_hmax_v16f
 #define VANY kd_any_v16i
+#define VANY_EQ kd_any_eq_v16f
 #define VEXP kd_exp_v16f
 #define VEXP_OFF_TOP kd_exp_off_top_v16f
 #define VOFF_TOP kd_off_top_v16f
@@ -64,6 +65,7 @@
 #define VMAX kd_max_v8f
 #define VHMAX kd_hmax_v8f
 #define VANY kd_any_v8i
+#define VANY_EQ(x, y) kd_any_v8i((x) == (y))
 #define VEXP kd_exp_v8f
 #define VEXP_OFF_TOP kd_exp_off_top_v8f
 #define VOFF_TOP kd_off_top_v8f
@@ -98,6 +100,7 @@
 #undef VMAX
 #undef VHMAX
 #undef VANY
+#undef VANY_EQ
 #undef VEXP
 #undef VEXP_OFF_TOP
 #undef VOFF_TOP
@@ -135,6 +138,7 @@
 #define VMAX kd_max_v8d
 #define VHMAX kd_hmax_v8d
 #define VANY kd_any_v8l
+#define VANY_EQ kd_any_eq_v8d
 #define VEXP kd_exp_v8d
 #define VFMA kd_fma_v8d
 #define VPARTS 2
@@ -156,6 +160,7 @@
 #define VMAX kd_max_v4d
 #define VHMAX kd_hmax_v4d
 #define VANY kd_any_v4l
+#define VANY_EQ(x, y) kd_any_v4l((x) == (y))
 #define VEXP kd_exp_v4d
 #define VFMA kd_fma_v4d
 #define VPARTS 1
@@ -182,6 +187,7 @@
 #undef VMAX
 #undef VHMAX
 #undef VANY
+#undef VANY_EQ
 #undef VEXP
 #undef KD_FLOAT_ROWS
 #undef VFMA

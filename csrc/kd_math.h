@@ -682,6 +682,16 @@ KD_VINLINE int kd_any_v8l(kd_v8l m)
 {
     return _mm512_test_epi64_mask((__m512i)m, (__m512i)m) != 0;
 }
+/* whether any lane of x equals y's: from the compare's mask, where
+ * kd_any_v16i(x == y) has it moved to a vector and tested back */
+KD_VINLINE int kd_any_eq_v16f(kd_v16f x, kd_v16f y)
+{
+    return _mm512_cmp_ps_mask((__m512)x, (__m512)y, _CMP_EQ_OQ) != 0;
+}
+KD_VINLINE int kd_any_eq_v8d(kd_v8d x, kd_v8d y)
+{
+    return _mm512_cmp_pd_mask((__m512d)x, (__m512d)y, _CMP_EQ_OQ) != 0;
+}
 
 /* halves: eight floats to eight doubles */
 KD_VINLINE kd_v8d kd_widen_lo_v16f(kd_v16f x)

@@ -205,14 +205,14 @@ def test_row_stats_neginf_entries(dtype):
 
 def test_float32_std_is_double_accurate_on_hard_rows():
     """Float32 rows take their mean and std in one pass, sum d^2 - mean_d sum d
-    with d = x - max (exact in double): cancellation is worst for one outlier
-    (|max - mean| = std sqrt(n - 1)) and for a large offset, and must still
-    leave the std far more accurate than a float rounding (6e-8), on every
-    build (the outlier row: 1.2e-10); the ATKD temperatures come from the
-    same kernel."""
+    with d = x - shift (exact in double), shift the row's first finite entry:
+    cancellation is worst for one outlier there (|x_0 - mean| = std sqrt(n - 1))
+    and for a large offset, and must still leave the std far more accurate than
+    a float rounding (6e-8), on every build; the ATKD temperatures come from the
+    same kernel. Row 4's first finite entry is past two vectors of -inf."""
     rng = np.random.default_rng(5)
     n = 100003
-    rows = np.empty((4, n), np.float32)
+    rows = np.empty((6, n), np.float32)
     rows[0] = rng.normal(0.0, 1e-3, n)
     rows[0, 17] = 1e4                        # one outlier: Samuelson's bound
     rows[1] = 1e4 + rng.normal(0.0, 1.0, n)  # mean 1e4 std 1
@@ -220,6 +220,10 @@ def test_float32_std_is_double_accurate_on_hard_rows():
     rows[2, ::3] = -np.inf                   # masked entries are not in the std
     rows[3] = 0.0
     rows[3, -1] = 1.0                        # a single nonzero entry
+    rows[4] = rng.normal(2.0, 0.5, n)
+    rows[4, :37] = -np.inf                   # a masked prefix
+    rows[5] = rng.normal(0.0, 1e-3, n)
+    rows[5, 0] = -1e4                        # the outlier is the shift
     want = np.array([r[np.isfinite(r)].astype(np.float64).std() for r in rows])
     for isa, got in each_build(lambda: kdtemp.row_stats(rows, 1.0).std).items():
         np.testing.assert_allclose(got, want, rtol=1e-9, err_msg=isa)
