@@ -657,28 +657,39 @@ NAME(row_div_sums_as)(const int div, const FT *z, const FT *v, int64_t C, FT mz,
     int f = 0;
 #endif
     kd_v4d accD = {0}, accQ = {0};
+#if KD_FLOAT_ROWS
+    /* a loop of its own: sharing one with the double lanes' terms, the
+     * float lanes' constants were reloaded from the stack each step */
+    for (int64_t j = 0; lanes && j < C; j += VL) {
+        const int full = j + VL <= C;
+        VEC zz = full ? VLOAD(z + j) : NAME(load_tail)(z + j, C - j, -INFINITY);
+        VEC vv = full ? VLOAD(v + j) : NAME(load_tail)(v + j, C - j, -INFINITY);
+        VEC b = (zz - mz) * inv_s, a = (vv - mv) * inv_t;
+        VEC eS = NAME(cached_exp)(cS, j, C, b), eT = NAME(cached_exp)(cT, j, C, a);
+        VEC d, h;
+        NAME(lane_terms_at)(div, b, a, eS, eT, &k, &d, &h);
+        lD.part += d;
+        lQ.part += h;
+        if (++f == KD_FOLD) {
+            f = 0;
+            NAME(rsum_fold)(&lD);
+            NAME(rsum_fold)(&lQ);
+        }
+        if (hc)
+            VSTORE((FT *)hc + j, h);
+    }
+    if (lanes) {
+        *D_out = NAME(rsum_total)(lD);
+        *Q_out = NAME(rsum_total)(lQ);
+        return;
+    }
+#endif
     for (int64_t j = 0; j < C; j += VL) {
         const int full = j + VL <= C;
         VEC zz = full ? VLOAD(z + j) : NAME(load_tail)(z + j, C - j, -INFINITY);
         VEC vv = full ? VLOAD(v + j) : NAME(load_tail)(v + j, C - j, -INFINITY);
         VEC b = (zz - mz) * inv_s, a = (vv - mv) * inv_t;
         VEC eS = NAME(cached_exp)(cS, j, C, b), eT = NAME(cached_exp)(cT, j, C, a);
-#if KD_FLOAT_ROWS
-        if (lanes) {
-            VEC d, h;
-            NAME(lane_terms_at)(div, b, a, eS, eT, &k, &d, &h);
-            lD.part += d;
-            lQ.part += h;
-            if (++f == KD_FOLD) {
-                f = 0;
-                NAME(rsum_fold)(&lD);
-                NAME(rsum_fold)(&lQ);
-            }
-            if (hc)
-                VSTORE((FT *)hc + j, h);
-            continue;
-        }
-#endif
         for (int q = 0; q < VPARTS; q++) {
             kd_v4d pS, d, h;
             kd_div_terms_v4d(div, VPART(b, q), VPART(a, q), VPART(eS, q), VPART(eT, q), ls, lt,
@@ -689,13 +700,6 @@ NAME(row_div_sums_as)(const int div, const FT *z, const FT *v, int64_t C, FT mz,
                 kd_store_v4d(hc + j + 4 * q, h);
         }
     }
-#if KD_FLOAT_ROWS
-    if (lanes) {
-        *D_out = NAME(rsum_total)(lD);
-        *Q_out = NAME(rsum_total)(lQ);
-        return;
-    }
-#endif
     *D_out = kd_acc_sum_v4d(accD);
     *Q_out = kd_acc_sum_v4d(accQ);
 }
