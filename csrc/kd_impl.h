@@ -637,6 +637,21 @@ static int NAME(lane_terms)(int div, const kd_params *p)
     return c >= KD_LANE_MIN_C && 1.0 - c >= KD_LANE_MIN_C;
 }
 
+/* Step j of a row pair: the shifted, scaled logits b, a and their exps (from
+ * cS, cT where kept) */
+static inline __attribute__((always_inline)) void
+NAME(div_inputs_at)(const FT *z, const FT *v, int64_t j, int64_t C, FT mz, FT mv, FT inv_s,
+                    FT inv_t, const FT *cS, const FT *cT, VEC *b, VEC *a, VEC *eS, VEC *eT)
+{
+    const int full = j + VL <= C;
+    VEC zz = full ? VLOAD(z + j) : NAME(load_tail)(z + j, C - j, -INFINITY);
+    VEC vv = full ? VLOAD(v + j) : NAME(load_tail)(v + j, C - j, -INFINITY);
+    *b = (zz - mz) * inv_s;
+    *a = (vv - mv) * inv_t;
+    *eS = NAME(cached_exp)(cS, j, C, *b);
+    *eT = NAME(cached_exp)(cT, j, C, *a);
+}
+
 /* The divergences other than forward KL (terms: kd_div.h), in double lanes
  * but for the float-lane terms above;
  * with hc not NULL, the terms h_j are kept there (C rounded up to VL doubles)
@@ -661,12 +676,8 @@ NAME(row_div_sums_as)(const int div, const FT *z, const FT *v, int64_t C, FT mz,
     /* a loop of its own: sharing one with the double lanes' terms, the
      * float lanes' constants were reloaded from the stack each step */
     for (int64_t j = 0; lanes && j < C; j += VL) {
-        const int full = j + VL <= C;
-        VEC zz = full ? VLOAD(z + j) : NAME(load_tail)(z + j, C - j, -INFINITY);
-        VEC vv = full ? VLOAD(v + j) : NAME(load_tail)(v + j, C - j, -INFINITY);
-        VEC b = (zz - mz) * inv_s, a = (vv - mv) * inv_t;
-        VEC eS = NAME(cached_exp)(cS, j, C, b), eT = NAME(cached_exp)(cT, j, C, a);
-        VEC d, h;
+        VEC b, a, eS, eT, d, h;
+        NAME(div_inputs_at)(z, v, j, C, mz, mv, inv_s, inv_t, cS, cT, &b, &a, &eS, &eT);
         NAME(lane_terms_at)(div, b, a, eS, eT, &k, &d, &h);
         lD.part += d;
         lQ.part += h;
@@ -685,11 +696,8 @@ NAME(row_div_sums_as)(const int div, const FT *z, const FT *v, int64_t C, FT mz,
     }
 #endif
     for (int64_t j = 0; j < C; j += VL) {
-        const int full = j + VL <= C;
-        VEC zz = full ? VLOAD(z + j) : NAME(load_tail)(z + j, C - j, -INFINITY);
-        VEC vv = full ? VLOAD(v + j) : NAME(load_tail)(v + j, C - j, -INFINITY);
-        VEC b = (zz - mz) * inv_s, a = (vv - mv) * inv_t;
-        VEC eS = NAME(cached_exp)(cS, j, C, b), eT = NAME(cached_exp)(cT, j, C, a);
+        VEC b, a, eS, eT;
+        NAME(div_inputs_at)(z, v, j, C, mz, mv, inv_s, inv_t, cS, cT, &b, &a, &eS, &eT);
         for (int q = 0; q < VPARTS; q++) {
             kd_v4d pS, d, h;
             kd_div_terms_v4d(div, VPART(b, q), VPART(a, q), VPART(eS, q), VPART(eT, q), ls, lt,
@@ -1114,10 +1122,13 @@ static int NAME(check_row)(const FT *x, int64_t C, int check_finite,
     return NAME(row_code)(m, nonfinite, check_finite, err_nonfinite, err_allinf);
 }
 
-/* check_row with the row's row_dev (ddof) in the same pass */
+/* check_row with the row's row_dev (ddof) in the same pass; with dev NULL,
+ * check_row */
 static int NAME(check_row_dev)(const FT *x, int64_t C, int check_finite, int err_nonfinite,
                                int err_allinf, int ddof, FT *max_out, NAME(row_dev) *dev)
 {
+    if (!dev)
+        return NAME(check_row)(x, C, check_finite, err_nonfinite, err_allinf, max_out);
     int nonfinite;
     const FT m = NAME(row_max_dev_as)(1, x, C, ddof, &nonfinite, dev);
     *max_out = m;
@@ -1141,15 +1152,11 @@ static int NAME(check_kd_row)(const FT *student, int64_t student_stride, const F
     }
     const FT *z = student + i * student_stride;
     const FT *v = teacher ? teacher + i * teacher_stride : NULL;
-    int code = dev ? NAME(check_row_dev)(z, C, p->check_finite, KD_ERR_NONFINITE_STUDENT,
-                                         KD_ERR_ALLINF_STUDENT, p->ddof, &mzv[0], &dev[0])
-                   : NAME(check_row)(z, C, p->check_finite, KD_ERR_NONFINITE_STUDENT,
-                                     KD_ERR_ALLINF_STUDENT, &mzv[0]);
+    int code = NAME(check_row_dev)(z, C, p->check_finite, KD_ERR_NONFINITE_STUDENT,
+                                   KD_ERR_ALLINF_STUDENT, p->ddof, &mzv[0], dev);
     if (code == KD_OK && use_kd)
-        code = dev ? NAME(check_row_dev)(v, C, p->check_finite, KD_ERR_NONFINITE_TEACHER,
-                                         KD_ERR_ALLINF_TEACHER, p->ddof, &mzv[1], &dev[1])
-                   : NAME(check_row)(v, C, p->check_finite, KD_ERR_NONFINITE_TEACHER,
-                                     KD_ERR_ALLINF_TEACHER, &mzv[1]);
+        code = NAME(check_row_dev)(v, C, p->check_finite, KD_ERR_NONFINITE_TEACHER,
+                                   KD_ERR_ALLINF_TEACHER, p->ddof, &mzv[1], dev ? &dev[1] : NULL);
     else if (code == KD_OK && dev) /* a teacher without the KD term: not checked */
         NAME(row_mean_std)(v, C, p->ddof, &dev[1]);
     return code;
