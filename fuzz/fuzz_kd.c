@@ -798,7 +798,11 @@ static void F(mean_std)(const FT *x, int64_t C, int ddof, LD *mean, LD *sd)
 
 /* Row loss of kd_forward and, when g != NULL, its gradient (without
  * grad_scale) for fixed temperatures. Returns 0 when the oracle does not
- * cover the case (then nothing is compared). */
+ * cover the case (then nothing is compared), 2 when the gradient is not
+ * determined: a TVD row with pS_j = pT_j up to the dtype's rounding (small
+ * integer logits tie them exactly), where |pS_j - pT_j| has no derivative
+ * and the sign the kernel's rounding gives picks one subgradient of many
+ * (then only the loss is compared). */
 static int F(oracle_row)(const FT *z, const FT *v, int64_t C, int64_t y, double tS, double tT,
                          const kd_params *p, LD *loss, LD *g)
 {
@@ -808,6 +812,7 @@ static int F(oracle_row)(const FT *z, const FT *v, int64_t C, int64_t y, double 
     const LD s = p->scale == KD_SCALE_T2 ? (LD)tS * tT
                  : p->scale == KD_SCALE_CONST ? (LD)p->scale_value : 1.0L;
     LD D = 0, ce = 0;
+    int tvd_tie = 0;
     for (int64_t j = 0; j < C; j++)
         g ? (void)(g[j] = 0) : (void)0;
     if (use_kd) {
@@ -893,6 +898,9 @@ static int F(oracle_row)(const FT *z, const FT *v, int64_t C, int64_t y, double 
                 default: /* TVD */
                     dj = 0.5L * fabsl(pS[j] - pT[j]);
                     hj = 0.5L * pS[j] * ((pS[j] > pT[j]) - (pS[j] < pT[j]));
+                    tvd_tie |= pS[j] > 0 &&
+                               fabsl(pS[j] - pT[j]) <= 64 * (sizeof(FT) == 4 ? 1.2e-7L : 2.3e-16L) *
+                                   fmaxl(pS[j], pT[j]);
                     break;
                 }
                 D += dj;
@@ -923,7 +931,7 @@ static int F(oracle_row)(const FT *z, const FT *v, int64_t C, int64_t y, double 
     }
     *loss = (use_kd ? p->kd_weight * s * D : 0) + (use_ce ? p->ce_weight * ce : 0);
     free(a);
-    return 1;
+    return tvd_tie ? 2 : 1;
 }
 
 /* ---- kd_forward ---------------------------------------------------------------- */
@@ -1463,7 +1471,8 @@ static void F(fuzz_forward)(rd *r)
         LD ol;
         LD *og = gi ? malloc(sizeof(LD) * (size_t)C) : NULL;
         int with_g = gi && !(p->adaptive && !p->detach_temperature);
-        F(oracle_row)(zi, vi, C, y, tS, tT, p, &ol, with_g ? og : NULL);
+        if (F(oracle_row)(zi, vi, C, y, tS, tT, p, &ol, with_g ? og : NULL) == 2)
+            with_g = 0; /* a TVD tie: any subgradient */
         /* tolerances: float rounding of z/t is the main error source */
         LD mx = 1;
         for (int64_t j = 0; j < C; j++) {
