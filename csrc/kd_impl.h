@@ -701,7 +701,7 @@ NAME(row_div_sums_as)(const int div, const FT *z, const FT *v, int64_t C, FT mz,
         for (int q = 0; q < VPARTS; q++) {
             kd_v4d pS, d, h;
             kd_div_terms_v4d(div, VPART(b, q), VPART(a, q), VPART(eS, q), VPART(eT, q), ls, lt,
-                             inv_sS, inv_sT, p->beta, p->alpha, &pS, &d, &h);
+                             inv_sS, inv_sT, p->beta, p->alpha, KD_MIX_TINY, &pS, &d, &h);
             accD += d;
             accQ += h;
             if (hc)
@@ -776,7 +776,7 @@ NAME(row_div_grad_as)(const int div, const FT *z, const FT *v, int64_t C, FT mz,
         for (int q = 0; q < VPARTS; q++) {
             kd_v4d pS, d, h;
             kd_div_terms_v4d(div, VPART(b, q), VPART(a, q), VPART(eS, q), VPART(eT, q), ls, lt,
-                             inv_sS, inv_sT, p->beta, p->alpha, &pS, &d, &h);
+                             inv_sS, inv_sT, p->beta, p->alpha, KD_MIX_TINY, &pS, &d, &h);
             gp[q] = coef * (h - pS * Q) + VPART(ce, q);
         }
         VEC gj = VJOIN(gp);

@@ -12,6 +12,7 @@ implementations with autograd), ``make_kd_case`` (seeded inputs), ``check``
 """
 from __future__ import annotations
 
+import math
 import types
 
 import numpy as np
@@ -178,9 +179,17 @@ def _t_kl(p, log_p, log_q):
     return torch.where(pos, p * (lp - lq), 0.0).sum(1)
 
 
-def _t_log(m):
-    """log M with a gradient that stays finite where M = 0 (those entries are unused)."""
-    return torch.log(torch.where(m > 0, m, 1.0))
+def _t_log_mix(w, log_a, log_b):
+    """log M, M = w A + (1 - w) B, as torch.logaddexp(log w + log A, log(1-w) + log B):
+    finite where A and B underflow, -inf where M = 0 (the skew KLs' M = pS or pT at
+    alpha = 0: +inf terms), with logaddexp's inputs replaced there so that its
+    gradient stays finite."""
+    ninf = float("-inf")
+    la = log_a + math.log(w) if w > 0 else torch.full_like(log_a, ninf)
+    lb = log_b + math.log1p(-w)
+    dead = (la == ninf) & (lb == ninf)
+    mix = torch.logaddexp(torch.where(dead, 0.0, la), torch.where(dead, 0.0, lb))
+    return torch.where(dead, ninf, mix)
 
 
 def torch_divergence(name, log_ps, log_pt, beta, alpha):
@@ -194,12 +203,12 @@ def torch_divergence(name, log_ps, log_pt, beta, alpha):
     if name == "symmetric_kl":
         return _t_kl(pt, log_pt, log_ps) + _t_kl(ps, log_ps, log_pt)
     if name == "jsd":
-        log_m = _t_log(beta * pt + (1 - beta) * ps)
+        log_m = _t_log_mix(beta, log_pt, log_ps)
         return beta * _t_kl(pt, log_pt, log_m) + (1 - beta) * _t_kl(ps, log_ps, log_m)
     if name == "skew_kl":
-        return _t_kl(pt, log_pt, _t_log(alpha * pt + (1 - alpha) * ps))
+        return _t_kl(pt, log_pt, _t_log_mix(alpha, log_pt, log_ps))
     if name == "skew_reverse_kl":
-        return _t_kl(ps, log_ps, _t_log(alpha * ps + (1 - alpha) * pt))
+        return _t_kl(ps, log_ps, _t_log_mix(alpha, log_ps, log_pt))
     if name == "tvd":
         return 0.5 * (pt - ps).abs().sum(1)
     raise ValueError(name)

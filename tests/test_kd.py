@@ -132,6 +132,69 @@ def test_beta_alpha(request, divergence, beta, alpha, dtype, ckd, ref, torch_ora
             beta=beta, alpha=alpha, reduction="none", **kw)
 
 
+def _sharp_case(dtype, rng, sharp):
+    """(student, teacher): 3 x 37 logits in [-3, 3], the `sharp` side ("student" or
+    "teacher") with one logit 40 above the rest (float32; 400 for float64), two
+    -inf entries shared by both and, in row 2, one on the sharp side only. At
+    T = 0.25 the sharp side's other probabilities are e^-150 (e^-1500): 0 in the
+    dtype, with finite logs."""
+    z = rng.uniform(-3, 3, size=(3, 37))
+    v = rng.uniform(-3, 3, size=(3, 37))
+    (z if sharp == "student" else v)[:, 11] = 40.0 if dtype == np.float32 else 400.0
+    z[:, [4, 30]] = v[:, [4, 30]] = -np.inf
+    (z if sharp == "student" else v)[2, 20] = -np.inf  # mass on one side only: +inf
+    return z.astype(dtype), v.astype(dtype)
+
+
+@pytest.mark.parametrize("divergence,same_as,sharp", [
+    ("skew_kl", "kl", "student"), ("skew_reverse_kl", "reverse_kl", "teacher")])
+def test_skew_alpha_zero_is_its_kl(request, divergence, same_as, sharp, dtype, ckd, ref):
+    """alpha = 0 makes the skew KLs the plain ones, M = pS or pT, also where that
+    probability underflows: the kernel took log M from M and gave +inf there (the
+    NumPy twin's skew_reverse_kl gradient was NaN, its skew_kl one missed -pT)."""
+    import torch
+    from kdtemp.torch import _reference as torch_twin
+    z, v = _sharp_case(dtype, np.random.default_rng(_seed(request)), sharp)
+    kw = dict(temperature=0.25, reduction="none")
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-13)
+    for impl in (ref, ckd):
+        a = impl.kd_loss(z, v, divergence=divergence, alpha=0.0, **kw)
+        b = impl.kd_loss(z, v, divergence=same_as, **kw)
+        # the case is what it says: large finite losses, and +inf in row 2
+        assert np.isfinite(b.loss[:2]).all() and (b.loss[:2] > 5).all()
+        assert np.isposinf(b.loss[2])
+        np.testing.assert_allclose(a.loss, b.loss, **tol)
+        # an infinite skew row has no gradient (kd.md), even where the KL keeps one
+        np.testing.assert_allclose(a.grad[:2], b.grad[:2], **tol)
+        assert np.all(a.grad[2] == 0)
+    zt = torch.tensor(z, requires_grad=True)
+    loss, _ = torch_twin.kd_loss(zt, torch.tensor(v), divergence=divergence, alpha=0.0, **kw)
+    loss.sum().backward()
+    np.testing.assert_allclose(loss.detach().numpy(), b.loss, **tol)
+    np.testing.assert_allclose(zt.grad.numpy(), a.grad, **tol)
+
+
+@pytest.mark.parametrize("divergence,param,sharp,weight", [
+    ("skew_reverse_kl", "alpha", "teacher", 0.0),
+    ("skew_reverse_kl", "alpha", "teacher", 1e-30),
+    ("skew_reverse_kl", "alpha", "teacher", 1e-300),
+    ("skew_kl", "alpha", "student", 0.0),
+    ("skew_kl", "alpha", "student", 1e-30),
+    ("jsd", "beta", "student", 1e-30),
+    ("jsd", "beta", "teacher", 1 - 1e-12),
+])
+def test_mixture_of_underflowed_probabilities(request, divergence, param, sharp, weight,
+                                              ckd, ref, torch_oracle, check):
+    """float32 rows whose mixture M is tiny or 0 in float32 (weights below 2^-60
+    take the double lanes) against the float64 oracles: log M comes from the
+    log-probabilities there. Before, alpha = 0 gave +inf and alpha = 1e-300 (M
+    subnormal in double) a loss four times too large."""
+    z, v = _sharp_case(np.float32, np.random.default_rng(_seed(request)), sharp)
+    c, _, _ = compare(ckd, ref, torch_oracle, check, z, v, divergence=divergence,
+                      temperature=0.25, reduction="none", **{param: weight})
+    assert np.isfinite(c.loss[:2]).all() and np.isfinite(c.grad).all()
+
+
 def test_reference_kl_is_torch_kl_div(request, dtype, make_kd_case, ref, torch_oracle):
     """The oracle's forward KL is literally torch's kl_div(log_softmax, softmax) * T^2."""
     import torch

@@ -298,23 +298,26 @@ def _divergence_grad_rows(div: str, log_ps: np.ndarray, log_pt: np.ndarray,
                           beta: float, alpha: float) -> np.ndarray:
     """dD_i/d(z_ij/tS_i) for rows whose D_i is finite.
 
-    With g_j = dD/dpS_j (teacher fixed), the softmax Jacobian gives
+    With g_j = dD/dpS_j (teacher fixed) and h_j = pS_j g_j, the softmax Jacobian
+    gives
 
-        dD/d(z_j/tS) = pS_j (g_j - sum_k pS_k g_k)
+        dD/d(z_j/tS) = pS_j (g_j - sum_k pS_k g_k) = h_j - pS_j sum_k h_k
 
-    ============== =======================================================
-    kl             pS - pT                       (g = -pT/pS, simplified)
+    ============== ==========================================================
+    kl             pS - pT                       (h = -pT, simplified)
     reverse_kl     g = log pS - log pT
     symmetric_kl   the sum of the kl and reverse_kl gradients
     jsd            g = (1-beta) log(pS/M),       M = beta pT + (1-beta) pS
-    skew_kl        g = -(1-alpha) pT/M,          M = alpha pT + (1-alpha) pS
+    skew_kl        h = -pT (1-alpha) pS/M,       M = alpha pT + (1-alpha) pS
     skew_reverse_kl g = log(pS/M) - alpha pS/M,  M = alpha pS + (1-alpha) pT
     tvd            g = 0.5 sign(pS - pT),        sign(0) = 0
-    ============== =======================================================
+    ============== ==========================================================
 
-    Additive constants in g cancel and are dropped. g only matters where pS_j > 0
-    (elsewhere pS_j g_j = 0): it is evaluated there only, and set to 0 elsewhere.
-    ``log M`` and the ratios ``p/M`` come from :func:`_log_mix`.
+    Additive constants in g cancel and are dropped. h is evaluated where pS_j > 0
+    only (0 elsewhere), except skew_kl's, which is -pT where alpha = 0 and pS
+    underflows. ``log M`` comes from :func:`_log_mix`, and the weighted ratios
+    ``w pS/M`` (at most 1) as ``exp(log w + log pS - log M)``, so that neither
+    overflows where M underflows.
     """
     ps, pt = np.exp(log_ps), np.exp(log_pt)
     if div == "kl":
@@ -322,6 +325,12 @@ def _divergence_grad_rows(div: str, log_ps: np.ndarray, log_pt: np.ndarray,
     if div == "symmetric_kl":
         return (_divergence_grad_rows("kl", log_ps, log_pt, beta, alpha)
                 + _divergence_grad_rows("reverse_kl", log_ps, log_pt, beta, alpha))
+    if div == "skew_kl":
+        log_m = _log_mix(alpha, log_pt, log_ps)
+        h = np.zeros_like(ps)
+        on = pt > 0
+        h[on] = -pt[on] * np.exp(np.log1p(-alpha) + log_ps[on] - log_m[on])
+        return h - ps * h.sum(axis=1, keepdims=True)
     pos = ps > 0
     g = np.zeros_like(ps)
     if div == "reverse_kl":
@@ -329,13 +338,11 @@ def _divergence_grad_rows(div: str, log_ps: np.ndarray, log_pt: np.ndarray,
     elif div == "jsd":
         log_m = _log_mix(beta, log_pt, log_ps)
         g[pos] = (1.0 - beta) * (log_ps[pos] - log_m[pos])
-    elif div == "skew_kl":
-        log_m = _log_mix(alpha, log_pt, log_ps)
-        g[pos] = -(1.0 - alpha) * np.exp(log_pt[pos] - log_m[pos])
     elif div == "skew_reverse_kl":
         log_m = _log_mix(alpha, log_ps, log_pt)
-        ps_over_m = np.exp(log_ps[pos] - log_m[pos])
-        g[pos] = (log_ps[pos] - log_m[pos]) - alpha * ps_over_m
+        with np.errstate(divide="ignore"):
+            log_alpha = np.log(alpha)
+        g[pos] = (log_ps[pos] - log_m[pos]) - np.exp(log_alpha + log_ps[pos] - log_m[pos])
     elif div == "tvd":
         g = 0.5 * np.sign(ps - pt)
     else:

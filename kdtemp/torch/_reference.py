@@ -27,6 +27,7 @@ zero gradient even if their logits are garbage (all ``-inf``).
 """
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any, Optional, Tuple
 
@@ -245,9 +246,21 @@ def _kl_split(p: Tensor, log_p: Tensor, log_q: Tensor) -> Tensor:
     return finite + torch.where((pos & ~ok).any(-1), float("inf"), 0.0)
 
 
-def _log(m: Tensor) -> Tensor:
-    """log M with a finite gradient where M = 0 (those entries are unused)."""
-    return torch.log(torch.where(m > 0, m, 1.0))
+def _log_mix(w: float, log_a: Tensor, log_b: Tensor) -> Tensor:
+    """log M, M = w A + (1 - w) B (0 <= w < 1), from log A and log B, as
+    ``logaddexp(log w + log A, log(1 - w) + log B)``: finite where A and B
+    underflow and log M does not (skew reverse KL at alpha = 0 is reverse KL,
+    M = pT, whose float32 softmax is 0 where log pT < -104). Entries with
+    A = B = 0 are -inf, with logaddexp's inputs there replaced so that its
+    gradient is not NaN."""
+    lb = log_b + math.log1p(-w)
+    if w == 0:
+        return lb
+    la = log_a + math.log(w)
+    ninf = float("-inf")
+    dead = (la == ninf) & (lb == ninf)
+    mix = torch.logaddexp(torch.where(dead, 0.0, la), torch.where(dead, 0.0, lb))
+    return torch.where(dead, ninf, mix)
 
 
 def divergence_rows(name: str, log_ps: Tensor, log_pt: Tensor, beta: float,
@@ -266,12 +279,12 @@ def divergence_rows(name: str, log_ps: Tensor, log_pt: Tensor, beta: float,
     if name == "symmetric_kl":
         return kl(pt, log_pt, log_ps) + kl(ps, log_ps, log_pt)
     if name == "jsd":
-        log_m = _log(beta * pt + (1 - beta) * ps)
+        log_m = _log_mix(beta, log_pt, log_ps)
         return beta * kl(pt, log_pt, log_m) + (1 - beta) * kl(ps, log_ps, log_m)
     if name == "skew_kl":
-        return kl(pt, log_pt, _log(alpha * pt + (1 - alpha) * ps))
+        return kl(pt, log_pt, _log_mix(alpha, log_pt, log_ps))
     if name == "skew_reverse_kl":
-        return kl(ps, log_ps, _log(alpha * ps + (1 - alpha) * pt))
+        return kl(ps, log_ps, _log_mix(alpha, log_ps, log_pt))
     if name == "tvd":
         return 0.5 * (pt - ps).abs().sum(-1)
     raise ValueError(name)  # pragma: no cover - checked by the caller
