@@ -2052,41 +2052,48 @@ int NAME(kd_row_stats)(int64_t n_rows, int64_t n_cols, const FT *x, int64_t x_st
 /* One pass over a row pair at temperature T for every quantity of the
  * temperature profile (spec/diagnostics.md); the squared gradient norm comes
  * from sum (pS - pT)^2 = sum pS^2 - 2 sum pS pT + sum pT^2, so no second
- * pass is needed. Writes KD_PROFILE_FIELDS values into out. */
+ * pass is needed. The partition sums, A and the entropies' sums fold float
+ * partials as forward KL's (row_kl_sums); the three sums of products stay
+ * double term by term: the norm cancels them to (pS - pT)^2, which is small
+ * where the two agree. Writes KD_PROFILE_FIELDS values into out. */
 static void NAME(row_profile)(const FT *z, const FT *v, int64_t C, FT mz, FT mv, double T,
                               double *out, const FT *nz, const FT *nv)
 {
     const FT inv = NAME(inv_temp)(T);
+    const FT ts = (FT)KD_TERM_SCALE;
     const VEC zero = {0};
-    ACC sS = {0}, sT = {0}, A = {0}, hS = {0}, hT = {0}, pSS = {0}, pST = {0}, pTT = {0};
-    int64_t j = 0;
-    for (; j < C; j += VL) {
+    NAME(rsum) sS = NAME(rsum_zero)(), sT = sS, A = sS, hS = sS, hT = sS;
+    ACC pSS = {0}, pST = {0}, pTT = {0};
+    int k = 0;
+    for (int64_t j = 0; j < C; j += VL) {
         const int full = j + VL <= C;
         KD_PREFETCH(nz, z, j);
         KD_PREFETCH(nv, v, j);
         VEC zz = full ? VLOAD(z + j) : NAME(load_tail)(z + j, C - j, -INFINITY);
         VEC vv = full ? VLOAD(v + j) : NAME(load_tail)(v + j, C - j, -INFINITY);
+        VEC eS, eT;
+        NAME(kl_sums_step)(0, zz, vv, mz, mv, inv, inv, &sS, &sT, &A, NULL, &eS, &eT);
         VEC b = (zz - mz) * inv, a = (vv - mv) * inv;
-        VEC eS = VEXP(b), eT = VEXP(a);
-        VEC b0 = VSEL(eS > zero, b, zero), a0 = VSEL(eT > zero, a, zero);
-        ACC_ADD(&sS, eS);
-        ACC_ADD(&sT, eT);
-        ACC_MUL(&A, eT, VSEL(eT > zero, a - b, zero));
-        ACC_MUL(&hS, eS, b0);
-        ACC_MUL(&hT, eT, a0);
+        hS.part = VFMA(eS, VSEL(eS > zero, b, zero) * ts, hS.part);
+        hT.part = VFMA(eT, VSEL(eT > zero, a, zero) * ts, hT.part);
         ACC_MUL(&pSS, eS, eS);
         ACC_MUL(&pST, eS, eT);
         ACC_MUL(&pTT, eT, eT);
+        NAME(kl_sums_fold)(0, &k, &sS, &sT, &A, NULL);
+        if (k == 0) {
+            NAME(rsum_fold)(&hS);
+            NAME(rsum_fold)(&hT);
+        }
     }
-    const double s_S = ACC_SUM(sS), s_T = ACC_SUM(sT);
+    const double s_S = NAME(rsum_total)(sS), s_T = NAME(rsum_total)(sT);
     const double lS = log(s_S), lT = log(s_T);
-    double kl = ACC_SUM(A) / s_T - lT + lS;
+    double kl = NAME(rsum_total_scaled)(A) / s_T - lT + lS;
     double g2 = ACC_SUM(pSS) / (s_S * s_S) - 2.0 * ACC_SUM(pST) / (s_S * s_T) +
                 ACC_SUM(pTT) / (s_T * s_T);
     out[KD_PROFILE_KD] = T * T * (kl > 0 ? kl : 0.0);
     out[KD_PROFILE_GRAD2] = T * T * (g2 > 0 ? g2 : 0.0);
-    out[KD_PROFILE_H_TEACHER] = lT - ACC_SUM(hT) / s_T;
-    out[KD_PROFILE_H_STUDENT] = lS - ACC_SUM(hS) / s_S;
+    out[KD_PROFILE_H_TEACHER] = lT - NAME(rsum_total_scaled)(hT) / s_T;
+    out[KD_PROFILE_H_STUDENT] = lS - NAME(rsum_total_scaled)(hS) / s_S;
     out[KD_PROFILE_TOP1_TEACHER] = 1.0 / s_T;
     out[KD_PROFILE_GAP] = ((double)mv / T + lT) - ((double)mz / T + lS);
 }
