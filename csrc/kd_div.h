@@ -41,7 +41,12 @@ KD_VINLINE kd_v4d kd_log_mix_v4d(kd_v4d M, kd_v4d pS, kd_v4d lpT, kd_v4d lpS, do
     /* lanes masked on both sides (the tail's padding) keep log 0 = -inf */
     const kd_v4l small = (M < tiny) & ((lpT > -INFINITY) | (lpS > -INFINITY));
     if (kd_any_v4l(small)) {
-        const kd_v4d lc = kd_log_v4d((kd_v4d){cT, cS, 1, 1}); /* log 0 = -inf */
+        /* log cT, log cS (log 0 = -inf); a subnormal weight is scaled into
+         * kd_log_v4d's range first */
+        const kd_v4d c = {cT, cS, 1, 1};
+        const kd_v4l sub = c < 0x1p-1000;
+        const kd_v4d lc = kd_log_v4d(kd_sel_v4d(sub, c * 0x1p100, c)) -
+                          kd_sel_v4d(sub, (kd_v4d){0} + 100 * 0.69314718055994530942, (kd_v4d){0});
         const kd_v4d x = lpT + lc[0], y = lpS + lc[1];
         const kd_v4d hi = kd_sel_v4d(x > y, x, y), lo = kd_sel_v4d(x > y, y, x);
         /* hi = -inf (log cS = -inf where alpha = 0, and log pT = -inf): log M = -inf */
