@@ -38,25 +38,27 @@ KD_VINLINE kd_v4d kd_log_mix_v4d(kd_v4d M, kd_v4d pS, kd_v4d lpT, kd_v4d lpS, do
     kd_v4d lM = kd_log_v4d(M);
     if (want_q)
         *q = cS * pS / M;
-    /* lanes masked on both sides (the tail's padding) keep log 0 = -inf */
+    /* one compare on the hot path; lanes masked on both sides (the tail's
+     * padding) are sorted out behind it and keep log 0 = -inf */
+    if (!kd_any_v4l(M < tiny))
+        return lM;
     const kd_v4l small = (M < tiny) & ((lpT > -INFINITY) | (lpS > -INFINITY));
-    if (kd_any_v4l(small)) {
-        /* log cT, log cS (log 0 = -inf); a subnormal weight is scaled into
-         * kd_log_v4d's range first */
-        const kd_v4d c = {cT, cS, 1, 1};
-        const kd_v4l sub = c < 0x1p-1000;
-        const kd_v4d lc = kd_log_v4d(kd_sel_v4d(sub, c * 0x1p100, c)) -
-                          kd_sel_v4d(sub, (kd_v4d){0} + 100 * 0.69314718055994530942, (kd_v4d){0});
-        const kd_v4d x = lpT + lc[0], y = lpS + lc[1];
-        const kd_v4d hi = kd_sel_v4d(x > y, x, y), lo = kd_sel_v4d(x > y, y, x);
-        /* hi = -inf (log cS = -inf where alpha = 0, and log pT = -inf): log M = -inf */
-        const kd_v4d gap = kd_sel_v4d(hi > -INFINITY, lo - hi, (kd_v4d){0} - INFINITY);
-        const kd_v4d lMs = hi + kd_log_v4d(1.0 + kd_exp_v4d(gap));
-        lM = kd_sel_v4d(small, lMs, lM);
-        if (want_q)
-            *q = kd_sel_v4d(small, kd_exp_v4d(y - lMs), *q);
-    }
-    return lM;
+    if (!kd_any_v4l(small))
+        return lM;
+    /* log cT, log cS (log 0 = -inf); a subnormal weight is scaled into
+     * kd_log_v4d's range first */
+    const kd_v4d c = {cT, cS, 1, 1};
+    const kd_v4l sub = c < 0x1p-1000;
+    const kd_v4d lc = kd_log_v4d(kd_sel_v4d(sub, c * 0x1p100, c)) -
+                      kd_sel_v4d(sub, (kd_v4d){0} + 100 * 0.69314718055994530942, (kd_v4d){0});
+    const kd_v4d x = lpT + lc[0], y = lpS + lc[1];
+    const kd_v4d hi = kd_sel_v4d(x > y, x, y), lo = kd_sel_v4d(x > y, y, x);
+    /* hi = -inf (log cS = -inf where alpha = 0, and log pT = -inf): log M = -inf */
+    const kd_v4d gap = kd_sel_v4d(hi > -INFINITY, lo - hi, (kd_v4d){0} - INFINITY);
+    const kd_v4d lMs = hi + kd_log_v4d(1.0 + kd_exp_v4d(gap));
+    if (want_q)
+        *q = kd_sel_v4d(small, kd_exp_v4d(y - lMs), *q);
+    return kd_sel_v4d(small, lMs, lM);
 }
 
 /* b = (z - max z)/tS, a = (v - max v)/tT, eS = exp(b), eT = exp(a) (float
